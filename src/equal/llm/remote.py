@@ -1,0 +1,449 @@
+"""Client for any OpenAI-compatible ``/chat/completions`` endpoint (vLLM, SGLang, llama.cpp, Ollama, APIs).
+
+Requests run concurrently on an asyncio event loop with ``httpx.AsyncClient``; :meth:`OpenAILLM.generate` is
+synchronous and owns its loop, so callers need not know about asyncio.
+
+Retries (STYLE rule 14) cover only what can succeed on a second try: transport errors (connect errors,
+timeouts, connection resets, broken responses) and HTTP 408, 429 and 5xx. Each waits a jittered exponential
+backoff, ``d = min(backoff_max, backoff_base * 2**attempt)`` then ``d/2 + uniform(0, d/2)``, unless the
+server sent ``Retry-After`` (seconds or an HTTP date) or ``retry-after-ms``, which is honoured (capped at
+``backoff_max``) and also pauses the other requests of the batch. Any other 4xx is the caller's mistake and is
+returned at once as a failed :class:`~equal.llm.base.Completion`.
+
+The API key is read from the environment at each request and kept nowhere else: not on the object, not in
+``repr``, ``identity``, logs or error messages (an error body that echoes it is redacted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import email.utils
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from equal.errors import ConfigError
+from equal.llm.base import Completion, GenerationParams, Message, OnComplete
+
+__all__ = ["OpenAILLM", "RateLimiter"]
+
+logger = logging.getLogger(__name__)
+
+_RETRY_STATUS = frozenset({408, 429})
+_CHARS_PER_TOKEN = 4  # rough prompt-size estimate for the tokens-per-minute limiter, corrected by `usage`
+
+
+class RateLimiter:
+    """Token bucket refilled continuously at ``per_minute / 60`` units per second, holding at most
+    ``per_minute`` units (so a full minute's allowance may be spent at once, never more).
+
+    Parameters
+    ----------
+    per_minute : float
+        Units (requests or tokens) allowed per minute; must be > 0.
+
+    Notes
+    -----
+    State is plain numbers guarded by a thread lock, so one limiter keeps its budget across calls of
+    :meth:`OpenAILLM.generate`, each of which runs its own event loop. A request larger than the bucket
+    waits for a full bucket instead of forever.
+    """
+
+    def __init__(self, per_minute: float) -> None:
+        if not per_minute > 0:
+            raise ConfigError(f"per_minute={per_minute!r} must be > 0.")
+        self.capacity = float(per_minute)
+        self.rate = float(per_minute) / 60.0
+        self._level = self.capacity
+        self._stamp = time.monotonic()
+        self._lock = threading.Lock()
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self._level = min(self.capacity, self._level + (now - self._stamp) * self.rate)
+        self._stamp = now
+
+    def try_acquire(self, n: float) -> float:
+        """Take ``n`` units if available and return 0, else return the seconds to wait before retrying."""
+        n = min(float(n), self.capacity)
+        with self._lock:
+            self._refill()
+            if self._level >= n:
+                self._level -= n
+                return 0.0
+            return (n - self._level) / self.rate
+
+    async def acquire(self, n: float = 1.0) -> None:
+        """Wait until ``n`` units are available and take them."""
+        while True:
+            wait = self.try_acquire(n)
+            if wait <= 0:
+                return
+            await asyncio.sleep(wait)
+
+    def available(self) -> float:
+        """Units in the bucket now (negative after a request cost more than estimated)."""
+        with self._lock:
+            self._refill()
+            return self._level
+
+    def adjust(self, delta: float) -> None:
+        """Take ``delta`` more units (or give back ``-delta``) once the true cost of a request is known."""
+        with self._lock:
+            self._refill()
+            self._level = max(-self.capacity, min(self.capacity, self._level - delta))
+
+
+@dataclass
+class _CallState:
+    """Per-call state shared by the requests of one ``generate``: the global pause after a 429."""
+
+    pause_until: float = 0.0
+
+
+def _redact_url(url: str) -> str:
+    """Drop user info, query and fragment, which may carry credentials."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def parse_retry_after(headers: Any, now: float | None = None) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (delta-seconds or an HTTP date).
+
+    Returns ``None`` when neither header is present or parseable.
+    """
+    ms = headers.get("retry-after-ms")
+    if ms is not None:
+        try:
+            return max(0.0, float(ms) / 1000.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    now_dt = datetime.now(timezone.utc) if now is None else datetime.fromtimestamp(now, timezone.utc)
+    return max(0.0, (when - now_dt).total_seconds())
+
+
+class OpenAILLM:
+    """Chat model behind an OpenAI-compatible HTTP API.
+
+    Parameters
+    ----------
+    model : str
+        Model name sent in each request (and the cache-key component).
+    base_url : str
+        API root; requests go to ``base_url + "/chat/completions"`` (so include ``/v1`` where the server
+        expects it, e.g. ``http://127.0.0.1:8000/v1``).
+    api_key_env : str or tuple of str, default=("EQUAL_API_KEY", "OPENAI_API_KEY")
+        Environment variables tried in order for the key; none set means no ``Authorization`` header
+        (fine for local servers).
+    concurrency : int, default=8
+        Most requests in flight at once.
+    timeout : float, default=120
+        Seconds per attempt (connect, read and write each).
+    max_retries : int, default=5
+        Retries after the first attempt, for retryable failures only.
+    backoff_base, backoff_max : float, default=1.0, 60
+        Exponential backoff parameters in seconds (see the module docstring).
+    rpm, tpm : float, optional
+        Requests- and tokens-per-minute limits (token buckets). Tokens are estimated as
+        ``len(prompt chars) / 4 + max_tokens`` before sending and corrected with ``usage`` afterwards.
+    extra_body : dict, optional
+        Additional JSON fields merged into every request body (e.g. ``{"top_k": 20}`` for vLLM).
+
+    Notes
+    -----
+    :meth:`generate` never raises for a failed request: after the retries it returns
+    ``Completion(text=None, error="...")`` carrying the last status or exception. Token counts come from the
+    response's ``usage``; ``seconds`` is the request's latency including retries and waits.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        base_url: str,
+        api_key_env: str | Sequence[str] = ("EQUAL_API_KEY", "OPENAI_API_KEY"),
+        concurrency: int = 8,
+        timeout: float = 120.0,
+        max_retries: int = 5,
+        backoff_base: float = 1.0,
+        backoff_max: float = 60.0,
+        rpm: float | None = None,
+        tpm: float | None = None,
+        extra_body: dict[str, Any] | None = None,
+    ) -> None:
+        if not isinstance(model, str) or not model:
+            raise ConfigError(f"model={model!r} must be a non-empty string.")
+        if not isinstance(base_url, str) or urlsplit(base_url).scheme not in ("http", "https"):
+            raise ConfigError(f"base_url={_redact_url(str(base_url))!r} must be an http(s) URL.")
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ConfigError(f"concurrency={concurrency!r} must be an integer >= 1.")
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise ConfigError(f"max_retries={max_retries!r} must be an integer >= 0.")
+        if not timeout > 0:
+            raise ConfigError(f"timeout={timeout!r} must be > 0 seconds.")
+        if backoff_base < 0 or backoff_max < 0:
+            raise ConfigError(f"backoff_base={backoff_base!r} and backoff_max={backoff_max!r} must be >= 0.")
+        for name, value in (("rpm", rpm), ("tpm", tpm)):
+            if value is not None and not value > 0:
+                raise ConfigError(f"{name}={value!r} must be > 0 (or None for no limit).")
+        envs = (api_key_env,) if isinstance(api_key_env, str) else tuple(api_key_env)
+        if not envs or not all(isinstance(e, str) and e for e in envs):
+            raise ConfigError(f"api_key_env={api_key_env!r} must name one or more environment variables.")
+        self._model = model
+        self._base_url = base_url.rstrip("/")
+        self._url = self._base_url + "/chat/completions"
+        self._api_key_env = envs
+        self.concurrency = concurrency
+        self.timeout = float(timeout)
+        self.max_retries = max_retries
+        self.backoff_base = float(backoff_base)
+        self.backoff_max = float(backoff_max)
+        self.extra_body = dict(extra_body or {})
+        #: Token buckets for requests and tokens per minute (``None`` = unlimited); kept across calls.
+        self.rpm_limiter = RateLimiter(rpm) if rpm is not None else None
+        self.tpm_limiter = RateLimiter(tpm) if tpm is not None else None
+        self._jitter = random.Random()  # jitter only spreads retries; it never affects results
+        self._counter_lock = threading.Lock()
+        self._in_flight = 0
+        self._counters = {"requests": 0, "sent": 0, "retries": 0, "failed": 0, "max_in_flight": 0}
+
+    # -- identity -------------------------------------------------------------------------------------
+
+    @property
+    def model(self) -> str:
+        return self._model
+
+    @property
+    def identity(self) -> dict[str, object]:
+        return {"kind": "openai", "model": self._model, "base_url": _redact_url(self._base_url)}
+
+    def __repr__(self) -> str:
+        return (f"OpenAILLM(model={self._model!r}, base_url={_redact_url(self._base_url)!r}, "
+                f"concurrency={self.concurrency})")
+
+    def stats(self) -> dict[str, int]:
+        """Counters since construction.
+
+        ``requests``: completions asked for; ``sent``: HTTP requests made (attempts, retries included);
+        ``retries``; ``failed``: completions returned with an error; ``max_in_flight``: peak concurrency.
+        """
+        with self._counter_lock:
+            return dict(self._counters)
+
+    def _count(self, key: str, n: int = 1) -> None:
+        with self._counter_lock:
+            self._counters[key] += n
+
+    def _api_key(self) -> str | None:
+        for name in self._api_key_env:
+            value = os.environ.get(name)
+            if value:
+                return value
+        return None
+
+    def _redact(self, text: str) -> str:
+        key = self._api_key()
+        if key and key in text:
+            text = text.replace(key, "***")
+        return text
+
+    # -- requests -------------------------------------------------------------------------------------
+
+    def _body(self, messages: Sequence[Message], params: GenerationParams) -> dict[str, Any]:
+        # A fresh body per request: the caller's messages are copied, never modified (rule 14).
+        body: dict[str, Any] = dict(self.extra_body)
+        body.update({
+            "model": self._model,
+            "messages": [dict(m) for m in messages],
+            "max_tokens": params.max_tokens,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+        })
+        if params.seed is not None:
+            body["seed"] = params.seed
+        if params.stop:
+            body["stop"] = list(params.stop)
+        return body
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(retry_after, self.backoff_max)
+        d = min(self.backoff_max, self.backoff_base * (2.0 ** attempt))
+        return d / 2.0 + self._jitter.uniform(0.0, d / 2.0)
+
+    async def _one(
+        self, client: Any, sem: asyncio.Semaphore, state: _CallState,
+        messages: Sequence[Message], params: GenerationParams,
+    ) -> Completion:
+        import httpx
+
+        body = self._body(messages, params)
+        estimate = sum(len(str(m.get("content", ""))) for m in body["messages"]) // _CHARS_PER_TOKEN
+        estimate += params.max_tokens
+        t0 = time.perf_counter()
+        attempt = 0
+        self._count("requests")
+        while True:
+            pause = state.pause_until - time.monotonic()
+            if pause > 0:
+                await asyncio.sleep(pause)
+            if self.rpm_limiter is not None:
+                await self.rpm_limiter.acquire(1)
+            if self.tpm_limiter is not None:
+                await self.tpm_limiter.acquire(estimate)
+            headers = {"Content-Type": "application/json"}
+            key = self._api_key()
+            if key:
+                headers["Authorization"] = f"Bearer {key}"
+            status: int | None = None
+            retry_after: float | None = None
+            async with sem:
+                with self._counter_lock:
+                    self._in_flight += 1
+                    self._counters["sent"] += 1
+                    self._counters["max_in_flight"] = max(self._counters["max_in_flight"], self._in_flight)
+                try:
+                    resp = await client.post(self._url, json=body, headers=headers)
+                    status = resp.status_code
+                except httpx.TransportError as exc:  # connect/read/write errors, timeouts, resets
+                    error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                finally:
+                    with self._counter_lock:
+                        self._in_flight -= 1
+            if status is not None:
+                if 200 <= status < 300:
+                    done = self._parse(resp, t0, attempt, estimate)
+                    if not done.ok:
+                        self._count("failed")
+                    return done
+                error = f"HTTP {status}: {resp.text[:500]}"
+                retry_after = parse_retry_after(resp.headers)
+                if self.tpm_limiter is not None:
+                    self.tpm_limiter.adjust(-estimate)  # a rejected request used no tokens
+                if not (status in _RETRY_STATUS or status >= 500):
+                    self._count("failed")
+                    logger.warning("request failed, not retried: HTTP %d", status)
+                    return self._failed(error, t0, attempt, status)
+            elif self.tpm_limiter is not None:
+                self.tpm_limiter.adjust(-estimate)
+            if attempt >= self.max_retries:
+                self._count("failed")
+                logger.warning("request failed after %d attempts: %s", attempt + 1, self._redact(error)[:200])
+                return self._failed(error, t0, attempt, status)
+            delay = self._backoff(attempt, retry_after)
+            if retry_after is not None:
+                # The server asked everyone to wait, not just this request.
+                state.pause_until = max(state.pause_until, time.monotonic() + delay)
+            logger.info("retrying in %.2f s (attempt %d of %d): %s", delay, attempt + 2,
+                        self.max_retries + 1, self._redact(error)[:200])
+            self._count("retries")
+            attempt += 1
+            await asyncio.sleep(delay)
+
+    def _failed(self, error: str, t0: float, attempt: int, status: int | None) -> Completion:
+        suffix = f" (after {attempt + 1} attempts)" if attempt else ""
+        return Completion(
+            text=None, error=self._redact(error) + suffix, seconds=time.perf_counter() - t0,
+            extra={"attempts": attempt + 1, "status": status},
+        )
+
+    def _parse(self, resp: Any, t0: float, attempt: int, estimate: int) -> Completion:
+        try:
+            data = resp.json()
+            choice = data["choices"][0]
+            content = choice["message"].get("content")
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+            return self._failed(f"malformed response ({type(exc).__name__}): {resp.text[:300]}", t0, attempt,
+                                resp.status_code)
+        usage = data.get("usage") or {}
+        tokens_in = int(usage.get("prompt_tokens") or 0)
+        tokens_out = int(usage.get("completion_tokens") or 0)
+        if self.tpm_limiter is not None and usage:
+            self.tpm_limiter.adjust(tokens_in + tokens_out - estimate)
+        if content is None:
+            finish = choice.get("finish_reason")
+            return Completion(
+                text=None, error=f"response has no message content (finish_reason={finish})",
+                tokens_in=tokens_in, tokens_out=tokens_out, seconds=time.perf_counter() - t0,
+                finish_reason=choice.get("finish_reason"), extra={"attempts": attempt + 1, "status": 200},
+            )
+        return Completion(
+            text=content, tokens_in=tokens_in, tokens_out=tokens_out, seconds=time.perf_counter() - t0,
+            finish_reason=choice.get("finish_reason"),
+            extra={"attempts": attempt + 1, "served_model": data.get("model")},
+        )
+
+    async def agenerate(
+        self,
+        requests: Sequence[Sequence[Message]],
+        params: GenerationParams,
+        *,
+        on_complete: OnComplete | None = None,
+    ) -> list[Completion]:
+        """Async version of :meth:`generate`, for callers that already run an event loop."""
+        try:
+            import httpx
+        except ImportError as exc:  # pragma: no cover - httpx comes with the llm extra
+            raise ImportError("OpenAILLM needs httpx: pip install 'equal[llm]'") from exc
+
+        results: list[Completion | None] = [None] * len(requests)
+        if not requests:
+            return []
+        sem = asyncio.Semaphore(self.concurrency)
+        state = _CallState()
+        limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
+        async with httpx.AsyncClient(timeout=httpx.Timeout(self.timeout), limits=limits) as client:
+
+            async def run(i: int, messages: Sequence[Message]) -> None:
+                c = await self._one(client, sem, state, messages, params)
+                results[i] = c
+                if on_complete is not None:
+                    on_complete(i, c)
+
+            await asyncio.gather(*(run(i, m) for i, m in enumerate(requests)))
+        return [c for c in results if c is not None]
+
+    def generate(
+        self,
+        requests: Sequence[Sequence[Message]],
+        params: GenerationParams,
+        *,
+        on_complete: OnComplete | None = None,
+    ) -> list[Completion]:
+        """Send every request (``concurrency`` at a time) and return one completion per request, in order.
+
+        ``on_complete(index, completion)`` is called as each one finishes. Works from any thread; inside a
+        running event loop (e.g. Jupyter) the requests run on a private loop in a worker thread.
+        """
+        coro = self.agenerate(requests, params, on_complete=on_complete)
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(coro)
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            return pool.submit(asyncio.run, coro).result()

@@ -1,0 +1,34 @@
+"""Optimal transport between embedding sets: IPOT, Sinkhorn, exact (POT), and the batched reward distance.
+
+Solvers follow POT's argument order ``solver(a, b, M, reg_or_beta, *, ...)``: ``a`` (n,) and ``b`` (m,)
+are the weights (None or empty means uniform), ``M`` (n, m) the cost matrix. Every solver returns an
+:class:`OTResult`; a torch ``M`` is solved in torch on its device and gives a torch plan.
+
+Which method when (measured in ``benchmarks/bench_ot.py``, see ``benchmarks/RESULTS.md``):
+
+* :func:`ipot` (default): exact to a certified relative ``tol`` (1e-3), no POT needed, numpy or torch
+  (GPU), and batched for many small problems (:func:`distance_batch`, the bandit's reward step).
+* :func:`emd`: POT's network simplex, exact to machine precision; the fastest exact CPU solver for one
+  problem of up to a few thousand points per side.
+* :func:`sinkhorn`: entropic OT; biased by ``reg`` (does not converge to the OT value), use it only when
+  a smoothed distance is what you want.
+"""
+
+from equal.ot._common import OTResult
+from equal.ot._cost import COSTS, cost_matrix
+from equal.ot._distance import METHODS, distance, distance_batch
+from equal.ot._exact import emd
+from equal.ot._ipot import ipot
+from equal.ot._sinkhorn import sinkhorn
+
+__all__ = [
+    "COSTS",
+    "METHODS",
+    "OTResult",
+    "cost_matrix",
+    "distance",
+    "distance_batch",
+    "emd",
+    "ipot",
+    "sinkhorn",
+]

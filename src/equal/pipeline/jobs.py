@@ -1,0 +1,222 @@
+"""File-level jobs behind the small commands (``embed``, ``cluster``, ``ot``, ``diversity``, ``select``).
+
+Each job reads its inputs, calls the pure library functions and writes its outputs atomically with a
+manifest, returning a JSON-able dict that the command line prints.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from equal.data.io import atomic_write_json, atomic_write_text, load_npy, save_npy
+from equal.errors import DataError
+
+__all__ = ["TextSource", "cluster_file", "embed_file", "load_embeddings", "ot_files", "read_texts"]
+
+logger = logging.getLogger(__name__)
+
+SFT_KEYS = ("messages", "conversations", "instruction")
+
+
+@dataclass(frozen=True)
+class TextSource:
+    """Texts read from a dataset file, with their ids, the records (SFT pools) and how they were read."""
+
+    ids: list[str]
+    texts: list[str]
+    kind: str  # "documents" or an SFT format name
+    skipped: int
+    records: list[dict[str, Any]] | None = None
+
+
+def _first_record(path: Path) -> dict[str, Any] | None:
+    """The first record of a file or folder, or None when it cannot be sniffed (the reader will say why)."""
+    from equal.data._sources import DOCUMENT_SUFFIXES, iter_files, rows
+
+    try:
+        files = iter_files(path, DOCUMENT_SUFFIXES)
+    except DataError:
+        return None
+    for file in files:
+        for _loc, value in rows(file):
+            return value if isinstance(value, dict) else None
+    return None
+
+
+def read_texts(
+    path: str | Path,
+    *,
+    field: str | None = None,
+    id_field: str | None = "id",
+    skip_invalid: bool = False,
+) -> TextSource:
+    """Read the texts to embed from ``path``.
+
+    With ``field`` the input is a document corpus and that field holds the text. Without it, an SFT pool
+    (OpenAI messages, ShareGPT or Alpaca; detected) is rendered to text as turns joined by newlines, and
+    anything else is read as documents with a ``text`` field.
+    """
+    from equal.data import read_documents, read_sft, render_text
+
+    p = Path(path)
+    if field is None:
+        first = _first_record(p)
+        if first is not None and any(k in first for k in SFT_KEYS):
+            sft = read_sft(p, skip_invalid=skip_invalid)
+            ids = [str(r.get("id", i)) for i, r in enumerate(sft.records)]
+            return TextSource(ids, [render_text(r) for r in sft.records], sft.format, sft.skipped, sft.records)
+    res = read_documents(p, text_field=field or "text", id_field=id_field, skip_invalid=skip_invalid)
+    return TextSource([d.id for d in res.items], [d.text for d in res.items], "documents", res.skipped)
+
+
+def _manifest_path(npy: Path) -> Path:
+    return npy.with_suffix(".json")
+
+
+def embed_file(
+    path: str | Path,
+    out: str | Path,
+    *,
+    embedder: str | None = None,
+    field: str | None = None,
+    id_field: str | None = "id",
+    skip_invalid: bool = False,
+    batch_size: int | None = None,
+    cache: bool = True,
+    show_progress: bool = False,
+) -> dict[str, Any]:
+    """Embed the texts of ``path`` into ``out`` (.npy, float32) with a manifest ``out.json`` and ids file."""
+    from equal.embed import CachedEmbedder, get_embedder
+
+    src = read_texts(path, field=field, id_field=id_field, skip_invalid=skip_invalid)
+    model = get_embedder(embedder)
+    enc = CachedEmbedder(model) if cache else model
+    X = enc.encode(src.texts, batch_size=batch_size, show_progress=show_progress)
+    out = Path(out)
+    if out.suffix != ".npy":
+        raise ValueError(f"--out={out}: the embeddings file must end in .npy")
+    save_npy(out, X)
+    ids_path = out.with_suffix(".ids.txt")
+    atomic_write_text(ids_path, "".join(f"{i}\n" for i in src.ids))
+    info: dict[str, Any] = {
+        "input": str(path), "output": str(out), "ids": str(ids_path), "n": int(X.shape[0]),
+        "dim": int(X.shape[1]), "dtype": "float32", "normalized": True, "embedder": model.identity,
+        "kind": src.kind, "skipped": src.skipped,
+    }
+    if cache and isinstance(enc, CachedEmbedder):
+        info["cache_hits"] = enc.cache_hits
+        info["cache_misses"] = enc.cache_misses
+    atomic_write_json(_manifest_path(out), info)
+    return info
+
+
+def load_embeddings(path: str | Path) -> np.ndarray:
+    """Load an embeddings ``.npy`` file as C-contiguous float32 (the file's name in errors)."""
+    p = Path(path)
+    if not p.exists():
+        raise DataError("no such file", path=str(p))
+    try:
+        X = load_npy(p, mmap=False)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"not a .npy array: {exc}", path=str(p)) from exc
+    if X.ndim != 2:
+        raise DataError(f"expected a 2-D array of embeddings, got shape {X.shape}", path=str(p))
+    return np.ascontiguousarray(X, dtype=np.float32)
+
+
+def _ids_for(npy: Path, n: int) -> list[str] | None:
+    ids_path = npy.with_suffix(".ids.txt")
+    if not ids_path.exists():
+        return None
+    ids = ids_path.read_text(encoding="utf-8").splitlines()
+    return ids if len(ids) == n else None
+
+
+def cluster_file(
+    path: str | Path,
+    out: str | Path,
+    *,
+    k: int,
+    seed: int = 0,
+    n_iter: int = 25,
+    sample_size: int | None = None,
+    neighbor_threshold: float | None = None,
+    diagonal: bool = False,
+) -> dict[str, Any]:
+    """Cluster the embeddings in ``path``; write one row per document to ``out`` (.parquet) plus summaries.
+
+    Writes ``out`` (columns ``row``, ``id`` when known, ``cluster``, ``similarity`` to its centroid),
+    ``<out>.centroids.npy`` and ``<out>.json`` (sizes, inertia and, with ``neighbor_threshold``, each
+    cluster's neighbours under the Fréchet distance between cluster Gaussians).
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from equal.cluster import KMeans, cluster_gaussians, neighbor_graph, pairwise_frechet
+    from equal.data.io import atomic_path
+
+    src = Path(path)
+    X = load_embeddings(src)
+    km = KMeans(n_clusters=k, seed=seed, n_iter=n_iter, sample_size=sample_size).fit(X)
+    labels = np.asarray(km.labels_, dtype=np.int64)
+    sim = np.einsum("ij,ij->i", X, km.cluster_centers_[labels])
+    columns: dict[str, Any] = {"row": np.arange(len(X), dtype=np.int64)}
+    ids = _ids_for(src, len(X))
+    if ids is not None:
+        columns["id"] = ids
+    columns["cluster"] = labels
+    columns["similarity"] = sim.astype(np.float32)
+    out = Path(out)
+    with atomic_path(out) as tmp:
+        pq.write_table(pa.table(columns), tmp)
+    centroids = out.with_suffix(".centroids.npy")
+    save_npy(centroids, np.asarray(km.cluster_centers_, dtype=np.float32))
+    sizes = np.bincount(labels, minlength=k)
+    info: dict[str, Any] = {
+        "input": str(src), "output": str(out), "centroids": str(centroids), "n": len(X), "k": k,
+        "seed": seed, "inertia": float(km.inertia_), "sizes": sizes.tolist(),
+        "empty_clusters": int((sizes == 0).sum()),
+    }
+    if neighbor_threshold is not None:
+        D = pairwise_frechet(cluster_gaussians(X, labels, k, diagonal=diagonal))
+        info["neighbor_threshold"] = neighbor_threshold
+        info["neighbors"] = [n.tolist() for n in neighbor_graph(D, neighbor_threshold)]
+    atomic_write_json(out.with_suffix(".json"), info)
+    return info
+
+
+def ot_files(a: str | Path, b: str | Path, *, method: str = "ipot", cost: str = "euclidean") -> dict[str, Any]:
+    """OT distance between the embedding sets stored in two ``.npy`` files (uniform weights)."""
+    from equal import l2_normalize
+    from equal.ot import distance
+
+    X, Y = load_embeddings(a), load_embeddings(b)
+    if X.shape[1] != Y.shape[1]:
+        raise DataError(f"dimension {X.shape[1]} differs from {b}'s {Y.shape[1]}", path=str(a))
+    norms = np.linalg.norm(np.concatenate([X, Y]), axis=1)
+    if np.abs(norms - 1).max() > 1e-3:
+        logger.warning("embeddings are not unit-norm; normalising them (the costs assume unit vectors)")
+        X, Y = l2_normalize(X), l2_normalize(Y)
+    value = distance(X, Y, method=method, cost=cost)
+    return {"distance": float(value), "method": method, "cost": cost, "n": len(X), "m": len(Y)}
+
+
+def dumps(obj: Any) -> str:
+    """JSON for stdout: indented, NaN-free."""
+    return json.dumps(obj, indent=2, allow_nan=False, default=_default)
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

@@ -1,0 +1,133 @@
+"""The run directory of ``equal extract``: file names, the committed state, and resume.
+
+Commit protocol
+---------------
+``qa.jsonl`` and ``rounds.jsonl`` are append-only. A round first appends its rows, then writes
+``bandit.json`` atomically (temp file, fsync, rename); that rename is the commit. ``bandit.json`` records
+the byte length of both logs at the commit, so on resume anything past those offsets (rows of a round
+that was interrupted before its commit, or half a line) is cut away and the round is redone. Redoing it
+costs no LLM request: every completion was stored in ``llm_cache.sqlite`` the moment it arrived.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from equal.config import ExtractConfig, load_toml, to_toml
+from equal.data.io import atomic_write_json, atomic_write_text
+from equal.errors import ConfigError
+
+__all__ = ["RunDir"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Paths of one run directory (see DESIGN.md, 'Run directory')."""
+
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "run.toml"
+
+    @property
+    def documents(self) -> Path:
+        return self.root / "documents.parquet"
+
+    @property
+    def embeddings(self) -> Path:
+        return self.root / "embeddings"
+
+    @property
+    def clusters(self) -> Path:
+        return self.root / "clusters.parquet"
+
+    @property
+    def setup_done(self) -> Path:
+        return self.root / "setup.json"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "bandit.json"
+
+    @property
+    def qa(self) -> Path:
+        return self.root / "qa.jsonl"
+
+    @property
+    def rounds(self) -> Path:
+        return self.root / "rounds.jsonl"
+
+    @property
+    def llm_cache(self) -> Path:
+        return self.root / "llm_cache.sqlite"
+
+    @property
+    def ledger(self) -> Path:
+        return self.root / "ledger.json"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.html"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+    def prepare(self, config: ExtractConfig, *, force: bool = False) -> bool:
+        """Create or reopen the directory for ``config``; return True when resuming.
+
+        A directory made with other result-changing settings is refused unless ``force``; then its
+        run state is discarded but ``llm_cache.sqlite`` is kept, so requests already paid for are
+        served from it and never sent again.
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        if self.config.exists():
+            old = load_toml(self.config)
+            changed = old.changed_keys(config)
+            if not changed:
+                # settings that do not change results (concurrency, batch size) may differ
+                atomic_write_text(self.config, to_toml(config))
+                return self.state.exists()
+            if not force:
+                raise ConfigError(
+                    f"{self.root} holds a run with other settings ({', '.join(changed)}); "
+                    "use a new --out directory, or --force to restart this one (the LLM cache is kept)"
+                )
+            logger.warning("--force: restarting %s with new settings (%s)", self.root, ", ".join(changed))
+            self._discard_state()
+        atomic_write_text(self.config, to_toml(config))
+        return False
+
+    def _discard_state(self) -> None:
+        for path in (self.documents, self.clusters, self.setup_done, self.state, self.qa, self.rounds,
+                     self.ledger, self.report, self.summary):
+            path.unlink(missing_ok=True)
+        shutil.rmtree(self.embeddings, ignore_errors=True)
+
+    def truncate_logs(self, state: dict[str, Any]) -> None:
+        """Cut ``qa.jsonl`` and ``rounds.jsonl`` back to the lengths recorded at the last commit."""
+        for path, key in ((self.qa, "qa_bytes"), (self.rounds, "rounds_bytes")):
+            committed = int(state.get(key, 0))
+            size = path.stat().st_size if path.exists() else 0
+            if size > committed:
+                logger.info("%s: dropping %d bytes written after the last commit", path.name, size - committed)
+                with open(path, "r+b") as fh:
+                    fh.truncate(committed)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            elif size < committed:
+                raise ConfigError(f"{path} is shorter than its committed length; the run directory was edited")
+
+    def commit(self, state: dict[str, Any]) -> None:
+        """Record the current log lengths in ``state`` and write it atomically: the round's commit point."""
+        state["qa_bytes"] = self.qa.stat().st_size if self.qa.exists() else 0
+        state["rounds_bytes"] = self.rounds.stat().st_size if self.rounds.exists() else 0
+        atomic_write_json(self.state, state)
