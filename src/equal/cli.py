@@ -140,6 +140,84 @@ def ot(
 
 
 @app.command()
+def diversity(
+    data: Annotated[list[Path], typer.Argument(help="Embeddings .npy files or datasets (embedded on the fly).")],
+    reference: Annotated[Path | None, typer.Option(
+        help="Reference pool for the density term (default: each dataset is its own reference).")] = None,
+    embedder: Annotated[str | None, typer.Option(help="Embedder for datasets (see `equal embed`).")] = None,
+    field: Annotated[str | None, typer.Option(help="Text field of document datasets.")] = None,
+    neighbors: Annotated[int, typer.Option("--neighbors", help="Neighbours K of the density term.")] = 10,
+    density_power: Annotated[float, typer.Option(help="Density power β.")] = 0.5,
+    distance_power: Annotated[float, typer.Option(help="Distance (rank) power α.")] = 1.0,
+    variant: Annotated[str, typer.Option(help="code (reference code, default) or paper (written formula).")] = "code",
+    clusters: Annotated[int | None, typer.Option(help="Clusters of the inertia and entropy metrics.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the k-means metrics.")] = 42,
+    json_: JsonOpt = False,
+) -> None:
+    """NovelSum and the classic diversity metrics of one or more datasets.
+
+    \b
+    Example:
+      equal diversity examples/pool.jsonl examples/pool_sharegpt.jsonl --json
+    """
+    from equal.pipeline.jobs import diversity_files
+
+    if variant not in ("code", "paper"):
+        raise typer.BadParameter(f"{variant!r} is not one of code, paper", param_hint="--variant")
+    rows = diversity_files(list(data), reference=reference, embedder=embedder, field=field, n_neighbors=neighbors,
+                           density_power=density_power, distance_power=distance_power, variant=variant,
+                           n_clusters=clusters, seed=seed, show_progress=not json_ and sys.stderr.isatty())
+    if json_:
+        _print_json(rows)
+        return
+    from rich.table import Table
+
+    keys = [k for k in rows[0] if k not in ("dataset", "n")]
+    table = Table("dataset", "n", *keys)
+    for row in rows:
+        table.add_row(row["dataset"], str(row["n"]), *(f"{row[k]:.4g}" for k in keys))
+    from rich.console import Console
+
+    Console().print(table)
+
+
+@app.command()
+def select(
+    pool: Annotated[Path, typer.Argument(help="SFT pool (messages/ShareGPT/Alpaca) or an embeddings .npy file.")],
+    method: Annotated[str, typer.Option(help="novelselect, kmq, kmq-iterative, km-closest, km-random, kcenter, "
+                                             "random, deita.")],
+    k: Annotated[int, typer.Option("--k", "-k", help="Number of records to select.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Selected records (pool's format); also OUT.indices.json.")],
+    quality_field: Annotated[str | None, typer.Option(help="Numeric field with quality scores.")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 42,
+    clusters: Annotated[int | None, typer.Option(help="k-means clusters (kMQ family; default √n).")] = None,
+    neighbors: Annotated[int, typer.Option("--neighbors", help="NovelSelect: density neighbours K.")] = 10,
+    density_power: Annotated[float, typer.Option(help="NovelSelect: density power β.")] = 0.5,
+    distance_power: Annotated[float, typer.Option(help="NovelSelect: distance power α.")] = 1.0,
+    threshold: Annotated[float | None, typer.Option(help="Deita: diversity threshold.")] = None,
+    embedder: Annotated[str | None, typer.Option(help="Embedder for datasets (see `equal embed`).")] = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Select a subset of a pool; write it in the pool's own format plus OUT.indices.json.
+
+    \b
+    Example:
+      equal select examples/pool.jsonl --method novelselect --k 100 --out picked.jsonl
+    """
+    from equal.pipeline.jobs import select_file
+
+    info = select_file(pool, out, method=method, k=k, seed=seed, quality_field=quality_field, embedder=embedder,
+                       n_clusters=clusters, n_neighbors=neighbors, density_power=density_power,
+                       distance_power=distance_power, threshold=threshold,
+                       show_progress=not json_ and sys.stderr.isatty())
+    if json_:
+        _print_json(info)
+    else:
+        where = info["output"] or info["indices"]
+        _console().print(f"selected {k} of {info['n']} with {method} → {where}")
+
+
+@app.command()
 def extract(
     corpus: Annotated[Path, typer.Option(help="Document corpus: JSONL, JSON, Parquet, CSV, or a folder.")],
     target: Annotated[Path, typer.Option(help="Target-task sample: SFT records (messages/ShareGPT/Alpaca).")],
@@ -158,7 +236,9 @@ def extract(
     embedder: Annotated[str, typer.Option(help="Embedder (see `equal embed --help`).")] = "minilm",
     text_field: Annotated[str, typer.Option(help="Text field of the corpus.")] = "text",
     max_pairs: Annotated[int, typer.Option(help="Pairs asked for per document.")] = 3,
-    max_tokens: Annotated[int, typer.Option(help="Generation limit per request.")] = 384,
+    max_tokens: Annotated[int, typer.Option(help="Generation limit per request.")] = 256,
+    prompt_style: Annotated[str, typer.Option(
+        help="auto (lines for the local model, json for served ones), json or lines.")] = "auto",
     refine: Annotated[bool, typer.Option(help="Run a refinement pass over the drafted pairs.")] = False,
     concurrency: Annotated[int, typer.Option(help="Parallel requests (openai).")] = 8,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
@@ -182,7 +262,7 @@ def extract(
         budget_tokens=budget_tokens, llm=llm, base_url=base_url, model=model, extractor=extractor,
         clusters=clusters, clusters_per_round=clusters_per_round, docs_per_cluster=docs_per_cluster,
         policy=policy, embedder=embedder, text_field=text_field, max_pairs=max_pairs, max_tokens=max_tokens,
-        refine=refine, concurrency=concurrency, seed=seed, skip_invalid=skip_invalid,
+        refine=refine, prompt_style=prompt_style, concurrency=concurrency, seed=seed, skip_invalid=skip_invalid,
     )
     with ExtractProgress(enabled=not json_) as progress:
         summary = run_extract(config, out, force=force, on_status=progress.status, on_round=progress.round)

@@ -63,13 +63,14 @@ class ExtractConfig:
     extractor: str = field(default="llm", metadata=_section("extract"))
     max_pairs: int = field(default=3, metadata=_section("extract"))
     refine: bool = field(default=False, metadata=_section("extract"))
+    prompt_style: str = field(default="auto", metadata=_section("extract"))
     decontam_ngram: int = field(default=13, metadata=_section("extract"))
     near_dup_threshold: float = field(default=0.8, metadata=_section("extract"))
 
     llm: str = field(default="local", metadata=_section("llm"))
     model: str | None = field(default=None, metadata=_section("llm"))
     base_url: str | None = field(default=None, metadata=_section("llm"))
-    max_tokens: int = field(default=384, metadata=_section("llm"))
+    max_tokens: int = field(default=256, metadata=_section("llm"))
     temperature: float = field(default=0.0, metadata=_section("llm"))
     concurrency: int = field(default=8, metadata=_section("llm", fingerprint=False))
     batch_size: int = field(default=8, metadata=_section("llm", fingerprint=False))
@@ -79,7 +80,8 @@ class ExtractConfig:
             section = next(f.metadata["section"] for f in fields(self) if f.name == key)
             return ConfigError(f"{section}.{key}={value!r}: {rule}")
 
-        choices = {"strategy": STRATEGIES, "policy": POLICIES, "extractor": EXTRACTORS, "llm": LLM_KINDS}
+        choices = {"strategy": STRATEGIES, "policy": POLICIES, "extractor": EXTRACTORS, "llm": LLM_KINDS,
+                   "prompt_style": ("auto", "json", "lines")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise bad(key, getattr(self, key), f"must be one of {', '.join(allowed)}")
@@ -101,6 +103,13 @@ class ExtractConfig:
             raise bad("temperature", self.temperature, "must be >= 0")
         if self.llm == "openai" and self.extractor == "llm" and not (self.base_url and self.model):
             raise bad("base_url", self.base_url, "--llm openai needs --base-url and --model")
+
+    @property
+    def resolved_prompt_style(self) -> str:
+        """``auto`` means Question:/Answer: lines for the bundled small local model, JSON for served models."""
+        if self.prompt_style != "auto":
+            return self.prompt_style
+        return "lines" if self.llm == "local" else "json"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

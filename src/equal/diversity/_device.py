@@ -27,8 +27,6 @@ def resolve_device(device: str) -> str:
         except ImportError as exc:
             raise ImportError(f"device={device!r} needs torch: pip install 'equal[torch]'.") from exc
         if not torch.cuda.is_available():
-            raise ValueError(
-                f"device={device!r} was requested but torch sees no CUDA device; use 'auto' or 'cpu'."
-            )
+            raise ValueError(f"device={device!r} was requested but torch sees no CUDA device; use 'auto' or 'cpu'.")
         return device
     raise ValueError(f"device={device!r} must be 'auto', 'cpu', 'cuda' or 'cuda:N'.")

@@ -200,11 +200,7 @@ def partition_entropy(
     from equal.cluster import KMeans
 
     Xc = check_embeddings(X, name="X", normalized=False)
-    R = (
-        Xc
-        if reference is None
-        else check_embeddings(reference, name="reference", normalized=False, dim=Xc.shape[1])
-    )
+    R = Xc if reference is None else check_embeddings(reference, name="reference", normalized=False, dim=Xc.shape[1])
     K = _check_clusters(n_clusters, R.shape[0], "the reference" if reference is not None else "X")
     km = KMeans(K, n_iter=20, seed=seed, spherical=False).fit(R)
     labels = km.labels_ if reference is None else km.predict(Xc)

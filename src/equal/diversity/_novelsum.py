@@ -25,6 +25,7 @@ block; blocks run on one thread per core), so memory is O(block · n).
 from __future__ import annotations
 
 import numbers
+from typing import Any
 
 import numpy as np
 
@@ -37,7 +38,6 @@ from equal.diversity._density import (
     _exact_sq_dists,
     _smallest_indices,
     density_weights,
-    nearest_sq_distances,
     unique_rows,
 )
 from equal.diversity._device import resolve_device
@@ -46,6 +46,8 @@ from equal.diversity._parallel import map_blocks
 __all__ = ["novelsum", "novelsum_rows"]
 
 _BLOCK_BYTES = 64 * 2**20
+# cosine-nearest candidates re-ranked by raw L2 for the density in approximate mode
+_DENSITY_CANDIDATES = 64
 _DOT_CHUNK = 1024
 
 
@@ -123,9 +125,7 @@ def _code_rows_numpy(
     return rows, (np.concatenate([p[1] for p in parts]) if n_knn else None)
 
 
-def _paper_rows_numpy(
-    E: np.ndarray, s: np.ndarray, w: np.ndarray, block_size: int, workers: int | None
-) -> np.ndarray:
+def _paper_rows_numpy(E: np.ndarray, s: np.ndarray, w: np.ndarray, block_size: int, workers: int | None) -> np.ndarray:
     """Σ_{j≠i} w_{π_i(j)} s_j D_ij for every row, float64 (n,)."""
     n = E.shape[0]
     # Ascending S position q (0..n-2, self removed) is distance rank n-1-q.
@@ -143,9 +143,7 @@ def _paper_rows_numpy(
     return np.concatenate(map_blocks(work, n, block_size, workers=workers))
 
 
-def _rows_torch(
-    E: np.ndarray, s: np.ndarray, w: np.ndarray, variant: str, block_size: int, device: str
-) -> np.ndarray:
+def _rows_torch(E: np.ndarray, s: np.ndarray, w: np.ndarray, variant: str, block_size: int, device: str) -> np.ndarray:
     """Torch version of the two kernels above (used on CUDA; also runs on a CPU torch device)."""
     import torch
 
@@ -190,33 +188,26 @@ def _alpha0_rows(E: np.ndarray, s: np.ndarray, variant: str) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------
 
 
-def _ivf_search(
-    base: np.ndarray,
-    queries: np.ndarray,
-    k: int,
-    *,
-    inner_product: bool,
-    nprobe: int,
-    rng: np.random.Generator,
-) -> np.ndarray:
-    """Indices (m, k) int64 of approximate nearest neighbours with a faiss IVF-Flat index."""
+def _ivf_index(base: np.ndarray, *, inner_product: bool, nprobe: int, rng: np.random.Generator) -> Any:
+    """A trained faiss IVF-Flat index holding ``base`` (nlist ≈ 4 √N lists, ``nprobe`` probed)."""
     try:
         import faiss
     except ImportError as exc:
         raise ImportError("novelsum(approximate=True) needs faiss: pip install 'equal[faiss]'.") from exc
     N, d = base.shape
-    nlist = int(max(1, min(int(np.sqrt(N)), N // 39)))
+    nlist = int(max(1, min(int(4 * np.sqrt(N)), N // 39)))
     metric = faiss.METRIC_INNER_PRODUCT if inner_product else faiss.METRIC_L2
     quantizer = faiss.IndexFlatIP(d) if inner_product else faiss.IndexFlatL2(d)
     index = faiss.IndexIVFFlat(quantizer, d, nlist, metric)
-    n_train = min(N, 64 * nlist)
+    n_train = min(N, 16 * nlist)
     train = base[np.sort(rng.choice(N, size=n_train, replace=False))] if n_train < N else base
     index.cp.seed = int(rng.integers(2**31 - 1))
+    index.cp.niter = 10
+    index.cp.min_points_per_centroid = 1  # we sample the training set ourselves; keep faiss quiet
     index.train(np.ascontiguousarray(train))
     index.add(base)
     index.nprobe = int(min(nprobe, nlist))
-    _, idx = index.search(queries, k)
-    return idx.astype(np.int64)
+    return index
 
 
 def _tail_knots(n: int, n_head: int, m: int, w: np.ndarray) -> np.ndarray:
@@ -243,40 +234,69 @@ def _tail_knots(n: int, n_head: int, m: int, w: np.ndarray) -> np.ndarray:
     return omega
 
 
+def _density_from_candidates(
+    X: np.ndarray, nrm: np.ndarray, a: int, sims: np.ndarray, idx: np.ndarray, n_knn: int, beta: float
+) -> np.ndarray:
+    """σ^β of rows a.. of X from cosine-nearest candidates (``idx``, with their cosines ``sims``).
+
+    The candidates are ranked by ‖y‖² − 2‖x‖‖y‖ cos(x, y), which orders them like ‖x − y‖² on the raw
+    vectors, and the best K + 1 + 8 are re-measured exactly. Candidates at distance exactly 0 other than
+    the first are copies of the row; the reference pool is de-duplicated, so they are skipped.
+    """
+    b = idx.shape[0]
+    ny = nrm[np.maximum(idx, 0)]
+    key = np.where(idx >= 0, ny * (ny - 2.0 * nrm[a : a + b, None] * sims), np.inf)
+    c = min(idx.shape[1], n_knn + _EXTRA_CANDIDATES)
+    top = np.argpartition(key, c - 1, axis=1)[:, :c] if c < idx.shape[1] else np.arange(idx.shape[1])[None, :]
+    cand = np.take_along_axis(idx, np.broadcast_to(top, (b, top.shape[1])), axis=1)
+    d2 = np.where(cand >= 0, _exact_sq_dists(X[a : a + b], X, np.maximum(cand, 0)), np.inf)
+    d2.sort(axis=1)
+    zero = d2 == 0.0
+    zero[:, 0] = False
+    d2[zero] = np.inf
+    d2.sort(axis=1)
+    return 1.0 / np.power(d2[:, 1:n_knn].mean(axis=1) + _REGULARIZATION, beta)
+
+
 def _code_rows_approx(
     E: np.ndarray,
     w: np.ndarray,
     n_head: int,
     n_samples: int,
-    nprobe: int,
+    index: Any,
     rng: np.random.Generator,
     block_size: int,
-    head_idx: np.ndarray | None = None,
-) -> np.ndarray:
-    """Approximate Σ_r w_r D_i,(r): exact-valued head from a kNN search, tail from sampled quantiles."""
+    X: np.ndarray | None = None,
+    n_knn: int = 0,
+    beta: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Approximate Σ_r w_r D_i,(r): head from an IVF search, tail from sampled quantiles.
+
+    With ``n_knn`` (= K + 1) the density σ^β of every row is also returned, from exact squared L2
+    distances (raw X) to the cosine-nearest candidates of the same search.
+    """
     n = E.shape[0]
     n_head = min(n_head, n)
     m = min(n_samples, n)
-    if head_idx is None:
-        head_idx = _ivf_search(E, E, n_head, inner_product=True, nprobe=nprobe, rng=rng)
     omega = _tail_knots(n, n_head, m, w)
     w_head = w[:n_head]
     out = np.empty(n, dtype=np.float64)
+    dens = np.empty(n) if n_knn else None
+    nrm = np.sqrt(np.einsum("ij,ij->i", X, X, dtype=np.float64)) if n_knn else None
     for a in range(0, n, block_size):
         b = min(a + block_size, n)
-        idx = head_idx[a:b]
-        valid = idx >= 0
-        sims = np.einsum(
-            "bd,bkd->bk", E[a:b].astype(np.float64), E[np.where(valid, idx, 0)].astype(np.float64)
-        )
-        head = np.where(valid, 1.0 - sims, 2.0)
+        sims, idx = index.search(E[a:b], n_head)
+        # Lists too short to fill the head leave -1: count them as the farthest possible distance.
+        head = np.where(idx >= 0, 1.0 - sims.astype(np.float64), 2.0)
         head.sort(axis=1)
         cols = rng.choice(n, size=m, replace=False)
         Ss = E[a:b] @ E[cols].T
         Ss.sort(axis=1)
         tail_d = 1.0 - Ss[:, ::-1].astype(np.float64)  # ascending distances
         out[a:b] = head @ w_head + omega[0] * head[:, -1] + tail_d @ omega[1:]
-    return out
+        if n_knn:
+            dens[a:b] = _density_from_candidates(X, nrm, a, sims.astype(np.float64), idx, n_knn, beta)
+    return out, dens
 
 
 # --------------------------------------------------------------------------------------------------
@@ -297,7 +317,7 @@ def novelsum_rows(
     approximate: bool = False,
     n_exact_ranks: int = 256,
     n_sampled_columns: int = 4096,
-    nprobe: int = 32,
+    nprobe: int = 8,
     seed: int | np.random.Generator | None = 0,
     workers: int | None = None,
 ) -> np.ndarray:
@@ -335,13 +355,32 @@ def novelsum_rows(
             if isinstance(val, bool) or not isinstance(val, numbers.Integral) or val < 1:
                 raise ValueError(f"{name}={val!r} must be a positive integer.")
         rng = as_generator(seed)
-        s = _approx_density(X, ref, k, beta, nprobe, rng)
+        own = ref is None and beta != 0.0
+        if not own:
+            s = _approx_density(X, ref, k, beta, int(nprobe), rng)
+        elif n < k + 1:
+            raise ValueError(f"n_neighbors={k} needs at least {k + 1} distinct rows in X; got {n}.")
+        index = _ivf_index(E, inner_product=True, nprobe=int(nprobe), rng=rng)
+        n_cand = min(n, max(_DENSITY_CANDIDATES, k + 1 + _EXTRA_CANDIDATES))
+        head = int(n_exact_ranks) if alpha != 0.0 else 1
+        if own:
+            head = max(head, n_cand)
+        rows, dens = _code_rows_approx(
+            E,
+            w,
+            head,
+            int(n_sampled_columns) if alpha != 0.0 else 1,
+            index,
+            rng,
+            block_size or 4096,
+            X=X if own else None,
+            n_knn=k + 1 if own else 0,
+            beta=beta,
+        )
+        if own:
+            s = dens
         if alpha == 0.0:
             rows = _alpha0_rows(E, s, "code")
-        else:
-            rows = _code_rows_approx(
-                E, w, int(n_exact_ranks), int(n_sampled_columns), int(nprobe), rng, block_size or 1024
-            )
         return s * rows / w.sum()
 
     fuse = (
@@ -375,24 +414,19 @@ def novelsum_rows(
 def _approx_density(
     X: np.ndarray, ref: np.ndarray | None, k: int, beta: float, nprobe: int, rng: np.random.Generator
 ) -> np.ndarray:
-    """σ^β with the K + 1 neighbours found by an IVF index (their distances recomputed exactly)."""
+    """σ^β with the K + 1 neighbours found by an IVF index when the reference is large (distances exact)."""
     R = unique_rows(X if ref is None else ref)
-    if R.shape[0] < k + 1:
-        raise ValueError(
-            f"n_neighbors={k} needs at least {k + 1} distinct reference vectors; got {R.shape[0]}."
-        )
-    if beta == 0.0:
-        return np.ones(X.shape[0])
-    if R.shape[0] <= 50_000:
-        dist = nearest_sq_distances(X, R, k + 1)
-    else:
-        idx = _ivf_search(R, X, k + 1 + 4, inner_product=False, nprobe=nprobe, rng=rng)
-        valid = idx >= 0
-        diff = R[np.where(valid, idx, 0)].astype(np.float64) - X[:, None, :].astype(np.float64)
-        dist = np.where(valid, np.einsum("nkd,nkd->nk", diff, diff), np.inf)
-        dist.sort(axis=1)
-        dist = dist[:, : k + 1]
-    return 1.0 / np.power(dist[:, 1:].mean(axis=1) + 1e-9, beta)
+    if R.shape[0] <= 20_000:
+        return density_weights(X, ref, k, beta)
+    index = _ivf_index(R, inner_product=False, nprobe=nprobe, rng=rng)
+    c = k + 1 + _EXTRA_CANDIDATES
+    dist = np.empty((X.shape[0], k + 1))
+    for a in range(0, X.shape[0], 16384):
+        _, idx = index.search(X[a : a + 16384], c)
+        d2 = np.where(idx >= 0, _exact_sq_dists(X[a : a + 16384], R, np.maximum(idx, 0)), np.inf)
+        d2.sort(axis=1)
+        dist[a : a + 16384] = d2[:, : k + 1]
+    return 1.0 / np.power(dist[:, 1:].mean(axis=1) + _REGULARIZATION, beta)
 
 
 def novelsum(
@@ -408,7 +442,7 @@ def novelsum(
     approximate: bool = False,
     n_exact_ranks: int = 256,
     n_sampled_columns: int = 4096,
-    nprobe: int = 32,
+    nprobe: int = 8,
     seed: int | np.random.Generator | None = 0,
 ) -> float:
     r"""NovelSum diversity of a dataset (higher is more diverse).
@@ -451,12 +485,14 @@ def novelsum(
     device : {"auto", "cpu", "cuda", "cuda:N"}, default="auto"
         "auto" uses torch on CUDA when present, else numpy.
     approximate : bool, default=False
-        Approximate mode for n in the millions (code variant): the ``n_exact_ranks`` nearest
-        neighbours of each row come from a faiss IVF search (distances exact), the remaining ranks from
-        a piecewise-linear quantile curve through ``n_sampled_columns`` uniformly sampled distances per
-        row block; the density's neighbours also come from the IVF search when the reference holds more
-        than 50,000 rows. Needs faiss.
-        Its error is measured in ``benchmarks/bench_diversity.py``.
+        Approximate mode for n in the millions (code variant, needs faiss). One faiss IVF-Flat search
+        (inner product, nlist ≈ 4√n) gives each row its ``n_exact_ranks`` nearest rows, whose distances
+        are exact and fill the first ranks; the remaining ranks are read off a piecewise-linear quantile
+        curve through ``n_sampled_columns`` uniformly sampled distances per row block. Without a
+        reference, the density's K neighbours are the raw-L2 nearest among the cosine-nearest candidates
+        of the same search (exact when they include the true ones, e.g. rows of equal norm);
+        a reference above 20,000 rows gets its own IVF search. Its error is measured in
+        ``benchmarks/bench_diversity.py``.
     n_exact_ranks, n_sampled_columns, nprobe : int
         Head size, column sample size and IVF lists probed in approximate mode.
     seed : int, Generator or None, default=0

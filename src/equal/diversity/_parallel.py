@@ -45,9 +45,7 @@ def blas_single_thread(active: bool = True) -> Iterator[None]:
         yield
 
 
-def map_blocks(
-    fn: Callable[[int, int], T], n: int, block_size: int, *, workers: int | None = None
-) -> list[T]:
+def map_blocks(fn: Callable[[int, int], T], n: int, block_size: int, *, workers: int | None = None) -> list[T]:
     """Apply ``fn(start, stop)`` to consecutive row blocks of ``range(n)``, in order.
 
     With more than one worker the blocks run on a thread pool under single-threaded BLAS.

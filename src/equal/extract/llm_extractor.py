@@ -12,7 +12,7 @@ from equal.extract.base import DocumentLike, ExtractionResult, chunk_of, count, 
 from equal.extract.parse import normalize_for_compare, parse_pairs, validate_pair
 from equal.extract.prompts import (
     DEFAULT_MAX_DOC_CHARS,
-    PROMPT_VERSION,
+    PROMPT_STYLES,
     REFINE_VERSION,
     build_extract_messages,
     build_refine_messages,
@@ -55,6 +55,9 @@ class LLMExtractor:
         Longest question or answer kept.
     max_doc_chars : int, default=3000
         Character budget of a document inside the prompt (the bundled model has a 2k-token context).
+    prompt_style : {"json", "lines"}, default="json"
+        Ask for a JSON list (capable models) or ``Question:``/``Answer:`` lines (small models such as the
+        bundled SmolLM2-135M); see :func:`equal.extract.prompts.build_extract_messages`.
     """
 
     def __init__(
@@ -67,7 +70,11 @@ class LLMExtractor:
         min_chars: int = 8,
         max_chars: int = 4000,
         max_doc_chars: int = DEFAULT_MAX_DOC_CHARS,
+        prompt_style: str = "json",
     ) -> None:
+        if prompt_style not in PROMPT_STYLES:
+            raise ValueError(f"prompt_style={prompt_style!r} must be one of {', '.join(PROMPT_STYLES)}.")
+        self.prompt_style = prompt_style
         if isinstance(max_pairs, bool) or not isinstance(max_pairs, int) or max_pairs < 1:
             raise ValueError(f"max_pairs={max_pairs!r} must be an int >= 1.")
         if min_chars < 0:
@@ -87,7 +94,8 @@ class LLMExtractor:
     @property
     def prompt_version(self) -> str:
         """Version stored in the pairs: ``"qa-v1"``, or ``"qa-v1+refine-v1"`` for refined pairs."""
-        return PROMPT_VERSION + "+" + REFINE_VERSION if self.refine else PROMPT_VERSION
+        base = PROMPT_STYLES[self.prompt_style]
+        return base + "+" + REFINE_VERSION if self.refine else base
 
     def _generate(self, requests: list[list[dict[str, str]]]) -> list[Completion]:
         if not requests:
@@ -155,15 +163,16 @@ class LLMExtractor:
         docs = list(docs)
         clusters = per_doc_clusters(cluster, len(docs))
         views = [truncate_text(doc.text, self.max_doc_chars) for doc in docs]
-        requests = [build_extract_messages(d.text, max_pairs=self.max_pairs, max_doc_chars=self.max_doc_chars)
+        requests = [build_extract_messages(d.text, max_pairs=self.max_pairs, max_doc_chars=self.max_doc_chars,
+                                           style=self.prompt_style)
                     for d in docs]
         first = self._generate(requests)
         completions = list(first)
 
-        instructions = extract_instructions(max_pairs=self.max_pairs)
+        instructions = extract_instructions(max_pairs=self.max_pairs, style=self.prompt_style)
         drops: Counter[str] = Counter()
         failed: list[str] = []
-        chosen: list[tuple[list[tuple[str, str]], str]] = [([], PROMPT_VERSION) for _ in docs]
+        chosen: list[tuple[list[tuple[str, str]], str]] = [([], PROMPT_STYLES[self.prompt_style]) for _ in docs]
         first_drops: list[Counter[str]] = [Counter() for _ in docs]
         drafts: dict[int, list[tuple[str, str]]] = {}
         for i, (doc, comp) in enumerate(zip(docs, first, strict=True)):
@@ -175,7 +184,7 @@ class LLMExtractor:
             if not raw:
                 count(drops, "no_pairs_parsed")
                 continue
-            chosen[i] = (self._select(raw, views[i], instructions, first_drops[i]), PROMPT_VERSION)
+            chosen[i] = (self._select(raw, views[i], instructions, first_drops[i]), PROMPT_STYLES[self.prompt_style])
             if self.refine:
                 usable = [(q, a) for q, a in raw if q.strip()][: self.max_pairs]
                 if usable:
@@ -195,12 +204,12 @@ class LLMExtractor:
                 if refined:
                     refine_drops: Counter[str] = Counter()
                     chosen[i] = (self._select(refined, views[i], refine_text, refine_drops),
-                                 PROMPT_VERSION + "+" + REFINE_VERSION)
+                                 PROMPT_STYLES[self.prompt_style] + "+" + REFINE_VERSION)
                     first_drops[i] = refine_drops
                 elif comp.ok and _EMPTY_JSON_LIST in "".join((comp.text or "").split()):
                     # The model judged no draft supported by the document: that is a result, not a failure.
                     count(drops, "refine_removed", len(drafts[i]))
-                    chosen[i] = ([], PROMPT_VERSION + "+" + REFINE_VERSION)
+                    chosen[i] = ([], PROMPT_STYLES[self.prompt_style] + "+" + REFINE_VERSION)
                     first_drops[i] = Counter()
                 else:
                     refine_failed.append(docs[i].id)

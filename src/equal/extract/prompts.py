@@ -18,6 +18,8 @@ from equal.llm.base import Message
 
 __all__ = [
     "DEFAULT_MAX_DOC_CHARS",
+    "PROMPT_LINES_VERSION",
+    "PROMPT_STYLES",
     "PROMPT_VERSION",
     "REFINE_VERSION",
     "build_extract_messages",
@@ -28,6 +30,9 @@ __all__ = [
 ]
 
 PROMPT_VERSION = "qa-v1"
+#: The plain-text prompt for small models, which follow "Question:/Answer:" far better than JSON.
+PROMPT_LINES_VERSION = "qa-lines-v1"
+PROMPT_STYLES = {"json": PROMPT_VERSION, "lines": PROMPT_LINES_VERSION}
 REFINE_VERSION = "refine-v1"
 
 #: About 750 tokens of English: leaves room for the instructions and a 512-token answer in 2k tokens.
@@ -50,6 +55,12 @@ _EXTRACT_RULES = (
     "- Each answer must be correct according to the document. When the document shows a solution, "
     "steps or code, include them in the answer.\n"
     "- Reply with only a JSON list like " + _FORMAT + " and no other text."
+)
+
+_LINES_SYSTEM = "You write exam questions with answers from a text."
+_LINES_RULES = (
+    "Write up to {max_pairs} questions that this text answers, each followed by its answer, "
+    "using only the text. Use the format:\nQuestion: ...\nAnswer: ..."
 )
 
 _REFINE_RULES = (
@@ -103,12 +114,20 @@ def _check_max_pairs(max_pairs: int) -> None:
         raise ValueError(f"max_pairs={max_pairs!r} must be an int >= 1.")
 
 
-def extract_instructions(*, max_pairs: int = 3) -> str:
+def _check_style(style: str) -> None:
+    if style not in PROMPT_STYLES:
+        raise ValueError(f"style={style!r} must be one of {', '.join(PROMPT_STYLES)}.")
+
+
+def extract_instructions(*, max_pairs: int = 3, style: str = "json") -> str:
     """Return the extraction prompt without the document (system text and rules).
 
     Used by validation to recognise answers that merely copy the instructions.
     """
     _check_max_pairs(max_pairs)
+    _check_style(style)
+    if style == "lines":
+        return _LINES_SYSTEM + "\n" + _LINES_RULES.replace("{max_pairs}", str(max_pairs))
     return _SYSTEM + "\n" + _EXTRACT_RULES.replace("{max_pairs}", str(max_pairs))
 
 
@@ -118,9 +137,15 @@ def refine_instructions() -> str:
 
 
 def build_extract_messages(
-    doc_text: str, *, max_pairs: int = 3, max_doc_chars: int = DEFAULT_MAX_DOC_CHARS
+    doc_text: str, *, max_pairs: int = 3, max_doc_chars: int = DEFAULT_MAX_DOC_CHARS, style: str = "json"
 ) -> list[Message]:
-    """Build the chat request that asks for QA pairs from one document (prompt :data:`PROMPT_VERSION`).
+    """Build the chat request that asks for QA pairs from one document.
+
+    ``style="json"`` (:data:`PROMPT_VERSION`) asks for a JSON list and suits instruction-following models;
+    ``style="lines"`` (:data:`PROMPT_LINES_VERSION`) asks for ``Question:``/``Answer:`` lines, which the
+    bundled 135M model follows where it fails at JSON (measured on the example corpus: no parseable JSON
+    from 8 documents, pairs from most documents with lines). Both are parsed by
+    :func:`equal.extract.parse.parse_pairs`.
 
     Parameters
     ----------
@@ -137,7 +162,11 @@ def build_extract_messages(
         ``[{"role": "system", ...}, {"role": "user", ...}]``.
     """
     _check_max_pairs(max_pairs)
+    _check_style(style)
     doc = truncate_text(doc_text, max_doc_chars)
+    if style == "lines":
+        user = "Text:\n" + doc + "\n\n" + _LINES_RULES.replace("{max_pairs}", str(max_pairs))
+        return [{"role": "system", "content": _LINES_SYSTEM}, {"role": "user", "content": user}]
     user = "Document:\n<<<\n" + doc + "\n>>>\n\n" + _EXTRACT_RULES.replace("{max_pairs}", str(max_pairs))
     return [{"role": "system", "content": _SYSTEM}, {"role": "user", "content": user}]
 

@@ -48,7 +48,8 @@ def get_llm(kind: str = "local", *, model: str | None = None, base_url: str | No
     Parameters
     ----------
     kind : {"local", "openai"}, default="local"
-        ``"local"``: :class:`LocalLLM` with ``model`` as ``model_path`` (None = the bundled GGUF).
+        ``"local"``: :class:`LocalLLM` with ``model`` as ``model_path`` (None = the bundled GGUF;
+        ``model_path=`` is accepted as well).
         ``"openai"``: :class:`OpenAILLM`; ``model`` is required.
     model : str, optional
     base_url : str, optional
@@ -65,7 +66,10 @@ def get_llm(kind: str = "local", *, model: str | None = None, base_url: str | No
     if kind == "local":
         if base_url is not None:
             raise ConfigError(f"base_url={base_url!r} is only valid with kind='openai', not kind='local'.")
-        return LocalLLM(model, **kw)
+        model_path = kw.pop("model_path", None)
+        if model is not None and model_path is not None and str(model) != str(model_path):
+            raise ConfigError(f"model={model!r} and model_path={model_path!r} disagree; give one of them.")
+        return LocalLLM(model if model is not None else model_path, **kw)
     if kind == "openai":
         if not model:
             raise ConfigError(f"model={model!r}: kind='openai' needs a model name.")

@@ -24,7 +24,8 @@ Durability
 SQLite in WAL mode, one transaction per completion, committed the moment the backend reports it (backends of
 :mod:`equal.llm` call ``on_complete`` per request), so killing the process mid-batch loses only unfinished
 requests. One connection guarded by a lock makes an instance safe to use from several threads of a process;
-several processes may share a file (WAL, 30 s busy timeout).
+several processes may share a file (WAL, 30 s busy timeout). Two concurrent calls that both miss on the same
+new request both send it; the first answer stored is kept.
 """
 
 from __future__ import annotations

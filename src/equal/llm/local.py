@@ -477,5 +477,16 @@ def _load_gguf(path: Path) -> tuple[Any, Any]:
     except (ImportError, TypeError, AttributeError, KeyError, RuntimeError) as exc:
         logger.info("transformers' GGUF reader unavailable (%s); using from_pretrained(gguf_file=...)", exc)
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+        packed = sorted({type(m).__name__ for m in model.modules() if type(m).__name__.startswith("Gguf")})
+        if packed:
+            raise RuntimeError(
+                f"transformers kept {packed} layers of {name} quantised; they cannot be saved dequantised. "
+                "Uninstall the 'kernels' package or convert the GGUF to a transformers folder first."
+            ) from exc
+        # The weights are plain dequantised tensors now; detach the GGUF quantizer, which would make
+        # save_pretrained refuse them ("not serializable"). Checked bit-identical to the path above.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
     model.eval()
     return tokenizer, model

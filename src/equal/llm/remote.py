@@ -332,6 +332,9 @@ class OpenAILLM:
                     status = resp.status_code
                 except httpx.TransportError as exc:  # connect/read/write errors, timeouts, resets
                     error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                except httpx.RequestError as exc:  # undecodable body, redirect loop: retrying cannot help
+                    self._count("failed")
+                    return self._failed(f"{type(exc).__name__}: {exc}", t0, attempt, None)
                 finally:
                     with self._counter_lock:
                         self._in_flight -= 1

@@ -189,7 +189,7 @@ class TorchOps(Ops):
 
 
 SINGLE_THREAD_MAX_FLOPS = 1e9
-"""Matrix products up to this many multiply-adds run on one BLAS thread (about 30 ms on one core)."""
+"""Matrix products up to this many multiply-adds run on one BLAS thread (about 50 ms on one core)."""
 
 _controller: Any = None
 

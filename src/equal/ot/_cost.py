@@ -66,6 +66,7 @@ def cost_matrix(X: Array, Y: Array, cost: Cost = "euclidean") -> Array:
 
     Examples
     --------
+    >>> import numpy as np
     >>> X = np.array([[1.0, 0.0], [0.0, 1.0]])
     >>> cost_matrix(X, X, "cosine")
     array([[0., 1.],

@@ -114,6 +114,7 @@ def distance(
 
     Examples
     --------
+    >>> import numpy as np
     >>> X = np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32)
     >>> round(distance(X, X[::-1]), 6)
     0.0
@@ -191,6 +192,7 @@ def distance_batch(
 
     Examples
     --------
+    >>> import numpy as np
     >>> Y = np.eye(3, dtype=np.float32)
     >>> np.round(distance_batch([Y[:1], Y], Y), 4)
     array([0.9428, 0.    ])

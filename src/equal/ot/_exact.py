@@ -54,6 +54,7 @@ def emd(a: Any, b: Any, M: Any, *, max_iter: int = 100_000, warn: bool = True) -
 
     Examples
     --------
+    >>> import numpy as np
     >>> M = np.array([[0.0, 1.0], [2.0, 0.0]])
     >>> emd([0.5, 0.5], [0.25, 0.75], M).cost
     0.25

@@ -172,6 +172,7 @@ def ipot(
 
     Examples
     --------
+    >>> import numpy as np
     >>> M = np.array([[0.0, 1.0], [1.0, 0.0]])
     >>> res = ipot([0.5, 0.5], [0.5, 0.5], M)
     >>> round(res.cost, 6), res.converged

@@ -35,7 +35,7 @@ def sinkhorn(
     and the column minima of the remainder, so every row and column of ``K`` holds a 1, and whenever a
     scaling leaves [1e-50, 1e50] it is absorbed into ``f, g`` and ``K`` is recomputed (Schmitzer 2019).
     A small ``reg`` therefore slows convergence but does not overflow or give NaN; POT's default
-    ``ot.sinkhorn`` does, below about ``reg = max(M)/700``.
+    ``ot.sinkhorn`` divides by zero once a whole row of ``exp(−M/reg)`` underflows (``M/reg`` > ~745).
 
     The cost is biased upward by the entropy term (by about ``reg·log(n·m)`` at most); use :func:`ipot` or
     :func:`emd` for the exact value.
@@ -84,6 +84,7 @@ def sinkhorn(
 
     Examples
     --------
+    >>> import numpy as np
     >>> M = np.array([[0.0, 1.0], [1.0, 0.0]])
     >>> round(sinkhorn([0.5, 0.5], [0.5, 0.5], M, 0.1).cost, 6)
     4.5e-05

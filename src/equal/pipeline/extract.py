@@ -256,7 +256,9 @@ def _make_extractor(config: ExtractConfig, run: RunDir) -> tuple[Any, Any]:
 
     llm = _make_llm(config, run)
     params = GenerationParams(max_tokens=config.max_tokens, temperature=config.temperature, seed=config.seed)
-    return LLMExtractor(llm, params=params, max_pairs=config.max_pairs, refine=config.refine), llm
+    extractor = LLMExtractor(llm, params=params, max_pairs=config.max_pairs, refine=config.refine,
+                             prompt_style=config.resolved_prompt_style)
+    return extractor, llm
 
 
 def _new_state(config: ExtractConfig, n_clusters: int, policy: Any) -> dict[str, Any]:

@@ -220,3 +220,127 @@ def _default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def embeddings_for(path: str | Path, *, embedder: str | None = None, field: str | None = None,
+                   show_progress: bool = False) -> tuple[np.ndarray, TextSource | None]:
+    """Embeddings of ``path``: an ``.npy`` file as stored, or a dataset embedded on the fly (cached)."""
+    from equal.embed import CachedEmbedder, get_embedder
+
+    p = Path(path)
+    if p.suffix == ".npy":
+        return load_embeddings(p), None
+    src = read_texts(p, field=field)
+    X = CachedEmbedder(get_embedder(embedder)).encode(src.texts, show_progress=show_progress)
+    return X, src
+
+
+def diversity_files(
+    paths: list[str | Path],
+    *,
+    reference: str | Path | None = None,
+    embedder: str | None = None,
+    field: str | None = None,
+    n_neighbors: int = 10,
+    density_power: float = 0.5,
+    distance_power: float = 1.0,
+    variant: str = "code",
+    n_clusters: int | None = None,
+    seed: int = 42,
+    show_progress: bool = False,
+) -> list[dict[str, Any]]:
+    """NovelSum and the classic diversity metrics of each dataset (``.npy`` embeddings or records)."""
+    from equal.diversity import diversity_report
+
+    ref = embeddings_for(reference, embedder=embedder, field=field)[0] if reference is not None else None
+    out = []
+    for path in paths:
+        X, _ = embeddings_for(path, embedder=embedder, field=field, show_progress=show_progress)
+        report = diversity_report(X, reference=ref, n_neighbors=n_neighbors, density_power=density_power,
+                                  distance_power=distance_power, variant=variant, n_clusters=n_clusters, seed=seed)
+        out.append({"dataset": str(path), "n": len(X), **{k: float(v) for k, v in report.items()}})
+    return out
+
+
+def _quality(src: TextSource | None, field: str | None) -> np.ndarray | None:
+    """Per-record quality scores from ``field`` of an SFT pool (a clear error on a missing or bad value)."""
+    if field is None:
+        return None
+    if src is None or src.records is None:
+        raise ValueError("--quality-field needs a dataset of records, not an .npy file")
+    values = []
+    for i, record in enumerate(src.records):
+        value = record.get(field)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise DataError(f'record {i + 1}: field "{field}": expected a number, got {value!r}')
+        values.append(float(value))
+    return np.asarray(values, dtype=np.float64)
+
+
+def select_file(
+    pool: str | Path,
+    out: str | Path,
+    *,
+    method: str,
+    k: int,
+    seed: int = 42,
+    quality_field: str | None = None,
+    embedder: str | None = None,
+    field: str | None = None,
+    n_clusters: int | None = None,
+    n_neighbors: int = 10,
+    density_power: float = 0.5,
+    distance_power: float = 1.0,
+    threshold: float | None = None,
+    show_progress: bool = False,
+) -> dict[str, Any]:
+    """Select ``k`` records of ``pool`` with ``method``; write them (pool's own format) and the indices.
+
+    ``OUT.indices.json`` holds the row indices in selection order. For an ``.npy`` pool only the indices
+    file is written. Options a method does not take are ignored (``--neighbors`` only affects NovelSelect,
+    ``--clusters`` the k-means methods, which default to ``max(1, round(sqrt(n)))`` clusters).
+    """
+    import inspect
+
+    from equal.data import write_sft
+    from equal.select import METHODS, select
+
+    if method not in METHODS:
+        raise ValueError(f"method={method!r} must be one of {', '.join(METHODS)}.")
+    X, src = embeddings_for(pool, embedder=embedder, field=field, show_progress=show_progress)
+    if k > len(X):
+        raise ValueError(f"k={k} must be <= the pool size n={len(X)}.")
+    quality = _quality(src, quality_field)
+    kw: dict[str, Any] = {
+        "seed": seed, "n_neighbors": n_neighbors, "density_power": density_power, "distance_power": distance_power,
+        "n_clusters": n_clusters or max(1, round(float(np.sqrt(len(X))))), "quality": quality,
+    }
+    if threshold is not None:
+        kw["threshold"] = threshold
+    if method == "deita" and quality is None:
+        raise ValueError("--method deita needs --quality-field (it sorts by quality)")
+    fn = METHODS[method]
+    target = {"kmq-iterative": "kmq_iterative_round", "random": "random_select"}.get(method)
+    if target is not None:
+        import equal.select as sel
+
+        fn = getattr(sel, target)
+    accepted = set(inspect.signature(fn).parameters)
+    kw = {key: v for key, v in kw.items() if key in accepted and v is not None}
+    if method != "novelselect":
+        from equal import l2_normalize
+
+        X = l2_normalize(X)  # the k-means and distance methods work on unit vectors
+    selection = select(X, k, method=method, **kw)
+    indices = [int(i) for i in selection.indices]
+    out = Path(out)
+    written = None
+    if src is not None and src.records is not None:
+        chosen = [src.records[i] for i in indices]
+        write_sft(out, chosen, src.kind)
+        written = str(out)
+    indices_path = Path(str(out) + ".indices.json")
+    atomic_write_text(indices_path, json.dumps(indices) + "\n")
+    return {"pool": str(pool), "method": method, "k": k, "n": len(X), "output": written,
+            "indices": str(indices_path), "params": {key: v for key, v in kw.items() if key != "quality"},
+            "quality_field": quality_field}
