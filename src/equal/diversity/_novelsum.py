@@ -16,10 +16,15 @@ Two variants are offered, the default being the one behind the published 0.97 co
 
 The code variant weights row i by its own density, includes the self-distance at rank 1, normalises the
 rank weights and averages over rows; the paper variant weights each term by the neighbour's density,
-skips the sample itself, and sums. Both use the same σ (local_density: squared L2 on raw vectors).
+skips the sample itself, and sums. The paper writes σ as the inverse mean distance d to the K nearest
+reference samples; both variants here use the code's σ (:func:`local_density`: mean *squared* L2 on the raw
+vectors, first neighbour dropped), so that they differ only in how the distances are aggregated.
 
-Nothing of size n × n is built: the Gram matrix is streamed in row blocks (one matmul and one row sort per
-block; blocks run on one thread per core), so memory is O(block · n).
+Nothing of size n × n is built: the Gram matrix is streamed in row blocks (one matrix product and one
+row sort per block, blocks on one thread per core), so memory is O(block · n). When X is its own
+duplicate-free reference (the default), the density's nearest neighbours are taken from the same Gram
+blocks, so the whole metric costs one n × n × d product and one sort of each row. For α = 0 no sort is
+needed and both variants reduce to O(n d) closed forms.
 """
 
 from __future__ import annotations
@@ -48,6 +53,8 @@ __all__ = ["novelsum", "novelsum_rows"]
 _BLOCK_BYTES = 64 * 2**20
 # cosine-nearest candidates re-ranked by raw L2 for the density in approximate mode
 _DENSITY_CANDIDATES = 64
+# rows per faiss search call in approximate mode
+_SEARCH_ROWS = 65536
 _DOT_CHUNK = 1024
 
 
@@ -283,19 +290,28 @@ def _code_rows_approx(
     out = np.empty(n, dtype=np.float64)
     dens = np.empty(n) if n_knn else None
     nrm = np.sqrt(np.einsum("ij,ij->i", X, X, dtype=np.float64)) if n_knn else None
-    for a in range(0, n, block_size):
-        b = min(a + block_size, n)
-        sims, idx = index.search(E[a:b], n_head)
-        # Lists too short to fill the head leave -1: count them as the farthest possible distance.
-        head = np.where(idx >= 0, 1.0 - sims.astype(np.float64), 2.0)
-        head.sort(axis=1)
-        cols = rng.choice(n, size=m, replace=False)
-        Ss = E[a:b] @ E[cols].T
-        Ss.sort(axis=1)
-        tail_d = 1.0 - Ss[:, ::-1].astype(np.float64)  # ascending distances
-        out[a:b] = head @ w_head + omega[0] * head[:, -1] + tail_d @ omega[1:]
-        if n_knn:
-            dens[a:b] = _density_from_candidates(X, nrm, a, sims.astype(np.float64), idx, n_knn, beta)
+    # One column sample per block, drawn up front so the result does not depend on thread timing.
+    n_blocks = -(-n // block_size)
+    seeds = rng.integers(2**63 - 1, size=n_blocks)
+    for A in range(0, n, _SEARCH_ROWS):
+        Z = min(A + _SEARCH_ROWS, n)
+        sims_all, idx_all = index.search(E[A:Z], n_head)  # faiss parallelises the queries itself
+
+        def work(lo: int, hi: int, A: int = A, sims_all: np.ndarray = sims_all, idx_all: np.ndarray = idx_all) -> None:
+            a, b = A + lo, A + hi
+            sims, idx = sims_all[lo:hi].astype(np.float64), idx_all[lo:hi]
+            # Lists too short to fill the head leave -1: count them as the farthest possible distance.
+            head = np.where(idx >= 0, 1.0 - sims, 2.0)
+            head.sort(axis=1)
+            cols = np.random.default_rng(seeds[a // block_size]).choice(n, size=m, replace=False)
+            Ss = E[a:b] @ E[cols].T
+            Ss.sort(axis=1)
+            tail_d = 1.0 - Ss[:, ::-1].astype(np.float64)  # ascending distances
+            out[a:b] = head @ w_head + omega[0] * head[:, -1] + tail_d @ omega[1:]
+            if n_knn:
+                dens[a:b] = _density_from_candidates(X, nrm, a, sims, idx, n_knn, beta)
+
+        map_blocks(work, Z - A, block_size)
     return out, dens
 
 

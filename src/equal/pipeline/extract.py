@@ -352,7 +352,7 @@ def run_extract(
     else:
         state = _new_state(config, setup.n_clusters, policy)
         for path in (run.qa, run.rounds):
-            path.unlink(missing_ok=True)
+            path.write_bytes(b"")  # exist from the start: a run may keep no pair for a while
         run.commit(state)
 
     # everything kept so far: dedup keys, texts and embeddings (served from the embedding cache)
