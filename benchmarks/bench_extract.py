@@ -30,9 +30,9 @@ import numpy as np
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from equal.config import ExtractConfig  # noqa: E402
-from equal.pipeline.extract import run_extract  # noqa: E402
-from equal.report.svg import line_chart  # noqa: E402
+from equal.config import ExtractConfig
+from equal.pipeline.extract import run_extract
+from equal.report.svg import line_chart
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
