@@ -363,7 +363,7 @@ def main() -> None:
         "| method | greedy loop (s) | with density (s) | speed-up, loop | speed-up, with density |",
         "|---|---|---|---|---|",
         f"| direct: every step recomputes and re-sorts all candidates' values (float32, batches of 10,000); "
-        f"estimated from its per-step cost at |S| = {', '.join(str(int(g)) for g in grid)} "
+        f"estimated from its per-step cost at selected-set sizes {', '.join(str(int(g)) for g in grid)} "
         f"| {t_direct_loop:.0f} | {t_direct_loop + t_density:.0f} | 1× | 1× |",
         f"| equal `novelselect`: lazy exact bounds, float64 scores "
         f"({stats['evaluations'] / (k_sel - 1):.0f} exact evaluations per step) "

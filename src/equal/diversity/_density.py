@@ -120,14 +120,19 @@ def nearest_sq_distances(
         raise ValueError(f"k={k} must be between 1 and the number of reference rows N={N}.")
     if block_size is None:
         block_size = max(16, min(4096, _BLOCK_BYTES // (4 * max(N, 1))))
-    r2 = np.einsum("ij,ij->i", R, R, dtype=np.float32)
     c = min(N, k + _EXTRA_CANDIDATES)
+    # ‖q‖² is constant along a row, so r² − 2 q·r ranks the reference rows like ‖q − r‖²; with
+    # [q, 1] · [−2r, ‖r‖²] the matrix product yields that key directly, without passes over the block.
+    R_aug = np.empty((R.shape[1] + 1, N), dtype=np.float32)
+    R_aug[:-1] = R.T
+    R_aug[:-1] *= np.float32(-2.0)
+    R_aug[-1] = np.einsum("ij,ij->i", R, R, dtype=np.float32)
 
     def work(a: int, b: int) -> np.ndarray:
-        # ‖q‖² is constant along a row, so r² − 2 q·r ranks the reference rows like ‖q − r‖².
-        key = Q[a:b] @ R.T
-        key *= np.float32(-2.0)
-        key += r2
+        Q_aug = np.empty((b - a, Q.shape[1] + 1), dtype=np.float32)
+        Q_aug[:, :-1] = Q[a:b]
+        Q_aug[:, -1] = 1.0
+        key = Q_aug @ R_aug
         idx = _smallest_indices(key, c)
         del key
         dist = _exact_sq_dists(Q[a:b], R, idx)

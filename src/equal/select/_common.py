@@ -6,7 +6,9 @@ import numbers
 
 import numpy as np
 
-__all__ = ["check_k", "check_positive_int", "check_quality"]
+from equal._validation import SeedLike
+
+__all__ = ["check_k", "check_positive_int", "check_quality", "seed_param"]
 
 
 def check_positive_int(value: object, name: str, low: int = 1) -> int:
@@ -37,3 +39,10 @@ def check_quality(quality: object, n: int, *, nonnegative: bool = False) -> np.n
         i = int(np.argmin(q))
         raise ValueError(f"quality must be >= 0 (it multiplies the score); quality[{i}]={q[i]:.4g}.")
     return q
+
+
+def seed_param(seed: SeedLike) -> object:
+    """The seed as recorded in ``Selection.params``: an int, None, or "generator" (JSON-friendly)."""
+    if seed is None or isinstance(seed, (int, np.integer)):
+        return None if seed is None else int(seed)
+    return "generator"

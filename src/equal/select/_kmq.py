@@ -15,7 +15,7 @@ import numbers
 import numpy as np
 
 from equal._validation import SeedLike, as_generator, check_embeddings
-from equal.select._common import check_k, check_positive_int, check_quality
+from equal.select._common import check_k, check_positive_int, check_quality, seed_param
 from equal.select._types import Selection
 
 __all__ = [
@@ -26,10 +26,6 @@ __all__ = [
     "kmq_iterative_round",
     "kmq_reweight",
 ]
-
-
-def _seed_param(seed: SeedLike) -> object:
-    return seed if isinstance(seed, (int, np.integer, type(None))) else "generator"
 
 
 def _fit_labels(X: np.ndarray, n_clusters: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -202,9 +198,7 @@ def kmq(
     order = np.argsort(labels, kind="stable")
     starts = np.searchsorted(labels[order], np.arange(K + 1))
     picks = [
-        _sample_in_group(
-            order[starts[j] : starts[j + 1]], int(budgets[j]), q, sampling, temperature, draw_rng
-        )
+        _sample_in_group(order[starts[j] : starts[j + 1]], int(budgets[j]), q, sampling, temperature, draw_rng)
         for j in range(K)
     ]
     indices = np.concatenate(picks).astype(np.int64)
@@ -215,7 +209,7 @@ def kmq(
         "sampling": sampling,
         "temperature": temperature,
         "quality": q is not None,
-        "seed": _seed_param(seed),
+        "seed": seed_param(seed),
         "budgets": budgets.tolist(),
     }
     return Selection(indices, None if q is None else q[indices], "kmq", params)
@@ -276,7 +270,7 @@ def km_closest(
         "k": k,
         "n_clusters": K,
         "budget": budget,
-        "seed": _seed_param(seed),
+        "seed": seed_param(seed),
         "budgets": budgets.tolist(),
     }
     return Selection(indices, cos[indices], "km-closest", params)
@@ -333,9 +327,7 @@ def kmq_reweight(
     if lab.ndim != 1 or not np.issubdtype(lab.dtype, np.integer) or lab.size == 0:
         raise ValueError("labels must be a non-empty 1-D integer array.")
     if lab.min() < 0 or lab.max() >= K:
-        raise ValueError(
-            f"labels must lie in [0, {K}) for {K} cluster weights; got [{lab.min()}, {lab.max()}]."
-        )
+        raise ValueError(f"labels must lie in [0, {K}) for {K} cluster weights; got [{lab.min()}, {lab.max()}].")
     idx = np.asarray(sample_indices, dtype=np.int64)
     sc = np.asarray(scores, dtype=np.float64)
     if idx.ndim != 1 or sc.shape != idx.shape:
@@ -432,9 +424,7 @@ def kmq_iterative_round(
         if weights is not None:
             K = max(K, np.asarray(weights).size)
     else:
-        raise ValueError(
-            f"X_or_labels must be embeddings (n, d) or integer labels (n,); got shape {arr.shape}."
-        )
+        raise ValueError(f"X_or_labels must be embeddings (n, d) or integer labels (n,); got shape {arr.shape}.")
     n = labels.size
     w = np.full(K, 1.0 / K) if weights is None else np.asarray(weights, dtype=np.float64)
     if w.shape != (K,) or not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
@@ -457,9 +447,7 @@ def kmq_iterative_round(
     order = free[np.argsort(free_labels, kind="stable")]
     starts = np.searchsorted(labels[order], np.arange(K + 1))
     picks = [
-        _sample_in_group(
-            order[starts[j] : starts[j + 1]], int(budgets[j]), q, sampling, temperature, draw_rng
-        )
+        _sample_in_group(order[starts[j] : starts[j + 1]], int(budgets[j]), q, sampling, temperature, draw_rng)
         for j in range(K)
     ]
     indices = np.concatenate(picks).astype(np.int64)
@@ -469,7 +457,7 @@ def kmq_iterative_round(
         "sampling": sampling,
         "temperature": temperature,
         "quality": q is not None,
-        "seed": _seed_param(seed),
+        "seed": seed_param(seed),
         "budgets": budgets.tolist(),
         "weights": w.tolist(),
     }

@@ -47,7 +47,7 @@ from equal._validation import SeedLike, as_generator, check_embeddings
 from equal.diversity._density import _check_n_neighbors, _check_power, density_weights
 from equal.diversity._device import resolve_device
 from equal.diversity._parallel import available_cores, blas_single_thread
-from equal.select._common import check_k, check_quality
+from equal.select._common import check_k, check_quality, seed_param
 from equal.select._types import Selection
 
 __all__ = ["novelselect"]
@@ -168,6 +168,7 @@ def _lazy(
         if not monotone:
             return
         xj = X[j]
+
         def update(a: int, b: int) -> None:
             # the value X_xj of every candidate, rounded up by the float32 error margin
             v = (X[a:b] @ xj).astype(np.float64)
@@ -302,6 +303,6 @@ def novelselect(
         "density_power": beta,
         "distance_power": alpha,
         "quality": q is not None,
-        "seed": seed if isinstance(seed, (int, type(None))) else "generator",
+        "seed": seed_param(seed),
     }
     return Selection(indices=indices, scores=scores, method="novelselect", params=params)

@@ -8,14 +8,10 @@ import warnings
 import numpy as np
 
 from equal._validation import SeedLike, as_generator, check_embeddings
-from equal.select._common import check_k, check_positive_int, check_quality
+from equal.select._common import check_k, check_positive_int, check_quality, seed_param
 from equal.select._types import Selection
 
 __all__ = ["deita_select", "kcenter_greedy", "random_select"]
-
-
-def _seed_param(seed: SeedLike) -> object:
-    return seed if isinstance(seed, (int, np.integer, type(None))) else "generator"
 
 
 def kcenter_greedy(X: np.ndarray, k: int, *, seed: SeedLike = 42) -> Selection:
@@ -59,7 +55,7 @@ def kcenter_greedy(X: np.ndarray, k: int, *, seed: SeedLike = 42) -> Selection:
         mind[indices[: t + 1]] = -np.inf
         j = int(np.argmax(mind))
         scores[t + 1] = mind[j]
-    return Selection(indices, scores, "kcenter", {"k": k, "seed": _seed_param(seed)})
+    return Selection(indices, scores, "kcenter", {"k": k, "seed": seed_param(seed)})
 
 
 def random_select(n: int, k: int, *, seed: SeedLike = 42) -> Selection:
@@ -82,7 +78,7 @@ def random_select(n: int, k: int, *, seed: SeedLike = 42) -> Selection:
     k = check_k(k, n)
     rng = as_generator(seed)
     indices = rng.choice(n, size=k, replace=False).astype(np.int64)
-    return Selection(indices, None, "random", {"k": k, "seed": _seed_param(seed)})
+    return Selection(indices, None, "random", {"k": k, "seed": seed_param(seed)})
 
 
 def deita_select(
@@ -164,5 +160,5 @@ def deita_select(
             stacklevel=2,
         )
     indices = np.asarray(accepted, dtype=np.int64)
-    params = {"k": k, "threshold": thr, "seed": _seed_param(seed)}
+    params = {"k": k, "threshold": thr, "seed": seed_param(seed)}
     return Selection(indices, q[indices], "deita", params)
