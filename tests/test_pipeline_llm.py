@@ -12,24 +12,16 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from equal.config import ExtractConfig
 from equal.pipeline.extract import run_extract
-from test_llm_server import KEY, LlamaServer, _free_port  # the same real server fixture
+from test_llm_server import KEY, LlamaServer, server  # the same real llama.cpp server fixture
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
-    srv = LlamaServer(_free_port(), tmp_path_factory.mktemp("llama"))
-    srv.start()
-    yield srv
-    srv.kill()
+__all__ = ["server"]  # re-exported fixture: pytest starts one server for this module
 
 
 @pytest.fixture(scope="module")
