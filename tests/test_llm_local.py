@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -131,6 +132,23 @@ def test_dequantised_cache_is_reused(llm: LocalLLM, cache_dir: Path, batched: li
     assert second.load_seconds is not None and llm.load_seconds is not None
     assert second.load_seconds < llm.load_seconds
     assert second.generate(PROMPTS[:1], GREEDY)[0].text == batched[0].text
+
+
+def test_concurrent_loads_load_once(llm: LocalLLM, cache_dir: Path) -> None:
+    # The pipeline warms the model up in a background thread; a generate() racing it must wait, not reload.
+    fresh = LocalLLM(weights_cache_dir=cache_dir)
+    seen: list[object] = []
+
+    def load() -> None:
+        fresh.load()
+        seen.append(fresh._model)
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(seen) == 4 and all(m is seen[0] for m in seen)
 
 
 def test_n_params_and_ledger(llm: LocalLLM, batched: list) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from equal.data.sqlite import connect_wal
 from equal.embed.base import (
     Embedder,
     EmbeddingError,
@@ -129,10 +130,7 @@ class CachedEmbedder(Embedder):
             self._inherited.append(self._conn)
             self._conn = None
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, timeout=120.0, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL survives process crashes
-        conn.execute("PRAGMA busy_timeout=120000")
+        conn = connect_wal(self.path, timeout=120.0)
         conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
         conn.execute(
             "CREATE TABLE IF NOT EXISTS vectors (key BLOB PRIMARY KEY, vec BLOB NOT NULL) WITHOUT ROWID"

@@ -36,13 +36,13 @@ import inspect
 import json
 import logging
 import os
-import sqlite3
 import threading
 import time
 import typing
 from collections.abc import Sequence
 from pathlib import Path
 
+from equal.data.sqlite import connect_wal
 from equal.llm.base import LLM, Completion, GenerationParams, Message, OnComplete
 
 __all__ = ["CachedLLM", "cache_key", "canonical_request"]
@@ -135,11 +135,7 @@ class CachedLLM:
         self.path = Path(cache_path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
-        self._conn = sqlite3.connect(str(self.path), timeout=30.0, check_same_thread=False,
-                                     isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode survives a killed process (not a power cut) and is much faster than FULL.
-        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn = connect_wal(self.path, timeout=30.0)
         self._conn.execute(_SCHEMA)
         self._identity = json.dumps(getattr(llm, "identity", {"model": llm.model}), sort_keys=True,
                                     default=str)

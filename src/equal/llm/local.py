@@ -20,6 +20,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -188,6 +189,8 @@ class LocalLLM:
         #: Seconds the last :meth:`load` took, and whether it read the dequantised cache.
         self.load_seconds: float | None = None
         self.loaded_from_cache: bool | None = None
+        # load() may run in a background thread (the pipeline warms the model up while it embeds)
+        self._load_lock = threading.Lock()
 
     # -- identity -------------------------------------------------------------------------------------
 
@@ -254,9 +257,17 @@ class LocalLLM:
         return device, dtype
 
     def load(self) -> None:
-        """Load tokenizer and model (dequantising and caching a GGUF file the first time)."""
+        """Load tokenizer and model (dequantising and caching a GGUF file the first time).
+
+        Thread-safe: a caller arriving while another thread loads waits for it and returns.
+        """
         if self._model is not None:
             return
+        with self._load_lock:
+            if self._model is None:
+                self._load()
+
+    def _load(self) -> None:
         torch = _import_torch()
         from transformers import AutoModelForCausalLM, AutoTokenizer
 

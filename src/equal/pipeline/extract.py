@@ -9,6 +9,7 @@ an interrupted and resumed run ends with the same pairs as an uninterrupted one.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -261,6 +262,27 @@ def _make_extractor(config: ExtractConfig, run: RunDir) -> tuple[Any, Any]:
     return extractor, llm
 
 
+def _warm_up(llm: Any) -> None:
+    """Load a local model in a background thread while the corpus is embedded.
+
+    Dequantising the bundled GGUF the first time is mostly single-threaded Python and numpy work, the
+    embedding mostly torch kernels that release the GIL, so on a cold machine the two overlap well. The
+    first ``generate`` waits for the thread (``LocalLLM.load`` is thread-safe); a failure here is only
+    logged, because that ``generate`` loads again and raises it where it can be reported.
+    """
+    base = getattr(llm, "llm", llm)
+    if not callable(getattr(base, "load", None)):
+        return
+
+    def load() -> None:
+        try:
+            base.load()
+        except Exception:
+            logger.debug("background model load failed; retried on first use", exc_info=True)
+
+    threading.Thread(target=load, name="equal-llm-warm-up", daemon=True).start()
+
+
 def _new_state(config: ExtractConfig, n_clusters: int, policy: Any) -> dict[str, Any]:
     return {
         "round": 0,
@@ -339,6 +361,10 @@ def run_extract(
     t0 = time.perf_counter()
     run = RunDir(Path(out))
     resumed = run.prepare(config, force=force)
+    extractor, llm = (None, None)
+    if config.extractor == "llm" and not (resumed and _read_state(run).get("finished")):
+        extractor, llm = _make_extractor(config, run)
+        _warm_up(llm)
     embedder = CachedEmbedder(get_embedder(config.embedder))
     setup = _setup(config, run, embedder, status)
     sampler = _Sampler(config, setup.labels, setup.n_clusters)
@@ -361,7 +387,6 @@ def run_extract(
     kept_emb = (embedder.encode(kept_texts) if kept_texts
                 else np.zeros((0, setup.target_emb.shape[1]), dtype=np.float32))
     decontam = NGramIndex.from_texts(setup.target_texts, n=config.decontam_ngram)
-    extractor, llm = (None, None)
     n_docs = len(setup.docs)
     budget_docs = n_docs if config.strategy == "all" else config.budget_docs
     rounds_here = 0
