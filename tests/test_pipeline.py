@@ -106,6 +106,35 @@ def test_equal_beats_random_at_same_budget(small_corpus: Path, tmp_path: Path) -
     assert eq.ot_distance <= rnd.ot_distance
 
 
+def test_cluster_order(small_corpus: Path, tmp_path: Path) -> None:
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from equal.cluster import KMeans
+
+    runs = {}
+    for order in ("target", "kmeans"):
+        out = tmp_path / order
+        run_extract(_config(small_corpus, cluster_order=order, budget_docs=8), out)
+        labels = pq.read_table(out / "documents.parquet").column("cluster").to_numpy()
+        gap = pq.read_table(out / "clusters.parquet").column("target_gap").to_numpy()
+        X = np.load(out / "embeddings" / "documents.npy").astype(np.float64)
+        T = np.load(out / "embeddings" / "target.npy").astype(np.float64)
+        # the stored gap, recomputed plainly from the stored labels and embeddings
+        expect = [np.linalg.norm(X[labels == c].mean(axis=0) - T.mean(axis=0)) for c in range(len(gap))]
+        np.testing.assert_allclose(gap, expect, rtol=1e-9)
+        runs[order] = (labels, gap, X)
+    labels_t, gap_t, X = runs["target"]
+    labels_k, gap_k, _ = runs["kmeans"]
+    assert np.all(np.diff(gap_t) >= 0)  # cluster 0 is the one nearest the target
+    np.testing.assert_array_equal(labels_k, KMeans(n_clusters=10, seed=1).fit(X.astype(np.float32)).labels_)
+    # the same partition, renumbered: cluster c of "kmeans" is cluster rank[c] of "target"
+    rank = np.argsort(np.argsort(gap_k, kind="stable"), kind="stable")
+    np.testing.assert_array_equal(labels_t, rank[labels_k])
+    first = json.loads((tmp_path / "target" / "rounds.jsonl").read_text().splitlines()[0])
+    assert first["clusters"] == [0, 1]
+
+
 def test_kill_9_then_resume_equals_uninterrupted(small_corpus: Path, tmp_path: Path) -> None:
     args = ["--corpus", str(small_corpus), "--target", str(EXAMPLES / "target.jsonl"), "--extractor", "rules",
             "--budget-docs", "120", "--clusters", "10", "--clusters-per-round", "2", "--docs-per-cluster", "2",

@@ -232,6 +232,9 @@ def extract(
     clusters: Annotated[int, typer.Option(help="k-means clusters.")] = 20,
     clusters_per_round: Annotated[int, typer.Option(help="Clusters read per round.")] = 4,
     docs_per_cluster: Annotated[int, typer.Option(help="Documents per chosen cluster per round.")] = 3,
+    cluster_order: Annotated[str, typer.Option(
+        help="Cluster numbering the bandit starts from: target (nearest the target first) or kmeans (EQUAL's)."
+    )] = "target",
     policy: Annotated[str, typer.Option(help="Bandit: ucb (EQUAL), exp3, thompson, epsilon-greedy, uniform.")] = "ucb",
     embedder: Annotated[str, typer.Option(help="Embedder (see `equal embed --help`).")] = "minilm",
     text_field: Annotated[str, typer.Option(help="Text field of the corpus.")] = "text",
@@ -261,6 +264,7 @@ def extract(
         corpus=str(corpus), target=str(target), strategy=strategy, budget_docs=budget_docs,
         budget_tokens=budget_tokens, llm=llm, base_url=base_url, model=model, extractor=extractor,
         clusters=clusters, clusters_per_round=clusters_per_round, docs_per_cluster=docs_per_cluster,
+        cluster_order=cluster_order,
         policy=policy, embedder=embedder, text_field=text_field, max_pairs=max_pairs, max_tokens=max_tokens,
         refine=refine, prompt_style=prompt_style, concurrency=concurrency, seed=seed, skip_invalid=skip_invalid,
     )

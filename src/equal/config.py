@@ -22,6 +22,10 @@ __all__ = ["STRATEGIES", "ExtractConfig", "load_toml", "to_toml"]
 
 STRATEGIES = ("equal", "random", "all", "uniform-clusters")
 POLICIES = ("ucb", "exp3", "thompson", "epsilon-greedy", "uniform")
+# How clusters are numbered, which decides the bandit's first rounds (UCB breaks ties by index):
+# "target" by the distance of the cluster's mean embedding to the target's, nearest first;
+# "kmeans" k-means' own (arbitrary) numbering, as EQUAL's code has it.
+CLUSTER_ORDERS = ("target", "kmeans")
 EXTRACTORS = ("llm", "rules")
 LLM_KINDS = ("local", "openai")
 
@@ -52,6 +56,7 @@ class ExtractConfig:
     clusters: int = field(default=20, metadata=_section("cluster"))
     neighbor_threshold: float = field(default=0.2, metadata=_section("cluster"))
     diagonal_covariance: bool = field(default=False, metadata=_section("cluster"))
+    cluster_order: str = field(default="target", metadata=_section("cluster"))
 
     policy: str = field(default="ucb", metadata=_section("bandit"))
     alpha: float | None = field(default=None, metadata=_section("bandit"))
@@ -81,7 +86,7 @@ class ExtractConfig:
             return ConfigError(f"{section}.{key}={value!r}: {rule}")
 
         choices = {"strategy": STRATEGIES, "policy": POLICIES, "extractor": EXTRACTORS, "llm": LLM_KINDS,
-                   "prompt_style": ("auto", "json", "lines")}
+                   "prompt_style": ("auto", "json", "lines"), "cluster_order": CLUSTER_ORDERS}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise bad(key, getattr(self, key), f"must be one of {', '.join(allowed)}")

@@ -143,6 +143,9 @@ def _setup(config: ExtractConfig, run: RunDir, embedder: Any, progress: Callable
     progress(f"clustering into {k} clusters")
     km = KMeans(n_clusters=k, seed=config.seed).fit(doc_emb)
     labels = np.asarray(km.labels_, dtype=np.int64)
+    gap = _target_gap(doc_emb, labels, k, target_emb)
+    if config.cluster_order == "target":
+        labels, gap = _renumber_by(gap, labels)
     gauss = cluster_gaussians(doc_emb, labels, k, diagonal=config.diagonal_covariance)
     dist = pairwise_frechet(gauss)
     neighbors = neighbor_graph(dist, config.neighbor_threshold)
@@ -165,12 +168,34 @@ def _setup(config: ExtractConfig, run: RunDir, embedder: Any, progress: Callable
         "cluster": np.arange(k, dtype=np.int64),
         "size": sizes.astype(np.int64),
         "neighbors": [n.tolist() for n in neighbors],
+        "target_gap": gap,
     }))
     atomic_write_json(run.setup_done, {
         "documents": len(docs), "clusters": k, "target": len(target_texts),
         "embedder": getattr(embedder, "identity", str(embedder)), "skipped_rows": res.skipped,
     })
     return _Setup(docs, doc_emb, target_texts, target_emb, labels, k, neighbors)
+
+
+def _target_gap(doc_emb: np.ndarray, labels: np.ndarray, k: int, target_emb: np.ndarray) -> np.ndarray:
+    """Euclidean distance between each cluster's mean document embedding and the target's mean (float64)."""
+    sums = np.zeros((k, doc_emb.shape[1]), dtype=np.float64)
+    np.add.at(sums, labels, doc_emb.astype(np.float64))
+    means = sums / np.maximum(np.bincount(labels, minlength=k), 1)[:, None]
+    return np.linalg.norm(means - target_emb.astype(np.float64).mean(axis=0), axis=1)
+
+
+def _renumber_by(gap: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Renumber clusters by ``gap``, smallest first: new labels and ``gap`` in the new order.
+
+    EQUAL's first round reads clusters 0, 1, 2, ... and its later ties also go to the smaller index, so with
+    this numbering a run that cannot yet tell clusters apart by reward starts with the ones whose documents
+    already sit nearest the target, instead of in k-means' arbitrary order. The policy itself is unchanged.
+    """
+    order = np.argsort(gap, kind="stable")
+    rank = np.empty(len(gap), dtype=np.int64)
+    rank[order] = np.arange(len(gap))
+    return rank[labels], gap[order]
 
 
 def _hash(text: str) -> str:
