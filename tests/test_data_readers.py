@@ -151,7 +151,7 @@ def test_custom_text_field(tmp_path: Path) -> None:
 # Each bad JSONL line: (line content, expected field or None, text in the message).
 BAD_JSONL = [
     (b'{"id": "m", "text": "ok"', None, "malformed JSON"),
-    (b'{"id": "f"}', "text", "missing"),
+    (b'{"id": "f", "body": "b"}', "text", "missing (the record has: id, body)"),
     (b'{"id": "w", "text": 12}', "text", "expected a string, got int"),
     (b'{"id": "n", "text": null}', "text", "got null"),
     (b'{"id": "e", "text": "  \\n\\t "}', "text", "empty"),
@@ -251,7 +251,7 @@ def test_csv_errors(tmp_path: Path) -> None:
     assert res.skipped == 4
     assert res.errors[1] == f'{path}:5: field "text": invalid UTF-8'
     assert res.errors[2].startswith(f"{path}:6: row has 3 fields")
-    assert res.errors[3] == f'{path}:7: field "text": missing'
+    assert res.errors[3] == f'{path}:7: field "text": missing (the record has: id)'
     path.write_text("id,body\n1,x\n", encoding="utf-8")
     with pytest.raises(DataError, match=r'c\.csv:1: field "text": missing from the header'):
         read_documents(path, skip_invalid=True)

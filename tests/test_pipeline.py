@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from equal.config import ExtractConfig
-from equal.errors import ConfigError
+from equal.errors import ConfigError, DataError
 from equal.pipeline.extract import export_run, run_extract
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -85,6 +85,17 @@ def test_changed_config_refused_unless_forced(small_corpus: Path, tmp_path: Path
     with pytest.raises(ConfigError, match=r"run\.seed"):
         run_extract(_config(small_corpus, budget_docs=8, seed=5), tmp_path / "r")
     s = run_extract(_config(small_corpus, budget_docs=8, seed=5), tmp_path / "r", force=True)
+    assert s.documents_read == 8 and not s.resumed
+
+
+def test_run_that_failed_in_setup_restarts_with_new_settings(small_corpus: Path, tmp_path: Path) -> None:
+    # A corpus whose text is under another key stops the run before setup; fixing the command needs no --force.
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a", "body": "some text"}\n')
+    with pytest.raises(DataError, match=r'bad\.jsonl:1: field "text": missing \(the record has: id, body\)'):
+        run_extract(_config(bad, budget_docs=8), tmp_path / "r")
+    assert (tmp_path / "r" / "run.toml").exists()
+    s = run_extract(_config(small_corpus, budget_docs=8), tmp_path / "r")
     assert s.documents_read == 8 and not s.resumed
 
 

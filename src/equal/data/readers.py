@@ -21,7 +21,9 @@ def _to_document(
     rec: dict[str, Any], loc: Loc, text_field: str, id_field: str | None, meta_fields: Sequence[str]
 ) -> Document:
     if text_field not in rec:
-        raise error(loc, "missing", text_field)
+        # Name what the record does have: the usual cause is a corpus whose text lives under another key.
+        present = ", ".join(map(str, list(rec)[:8])) + (", ..." if len(rec) > 8 else "")
+        raise error(loc, f"missing (the record has: {present})" if rec else "missing", text_field)
     text = rec[text_field]
     if not isinstance(text, str):
         raise error(loc, f"expected a string, got {type_name(text)}", text_field)

@@ -84,9 +84,9 @@ class RunDir:
     def prepare(self, config: ExtractConfig, *, force: bool = False) -> bool:
         """Create or reopen the directory for ``config``; return True when resuming.
 
-        A directory made with other result-changing settings is refused unless ``force``; then its
-        run state is discarded but ``llm_cache.sqlite`` is kept, so requests already paid for are
-        served from it and never sent again.
+        A directory made with other result-changing settings is refused unless ``force`` or unless that
+        run stopped before its setup was done; then its run state is discarded but ``llm_cache.sqlite``
+        is kept, so requests already paid for are served from it and never sent again.
         """
         self.root.mkdir(parents=True, exist_ok=True)
         if self.config.exists():
@@ -96,12 +96,15 @@ class RunDir:
                 # settings that do not change results (concurrency, batch size) may differ
                 atomic_write_text(self.config, to_toml(config))
                 return self.state.exists()
-            if not force:
+            # A run that stopped before its setup finished (a bad corpus line, say) has nothing to lose
+            # but its LLM cache, which is kept anyway: retrying with corrected settings needs no --force.
+            started = self.state.exists() or self.setup_done.exists()
+            if started and not force:
                 raise ConfigError(
                     f"{self.root} holds a run with other settings ({', '.join(changed)}); "
                     "use a new --out directory, or --force to restart this one (the LLM cache is kept)"
                 )
-            logger.warning("--force: restarting %s with new settings (%s)", self.root, ", ".join(changed))
+            logger.warning("restarting %s with new settings (%s)", self.root, ", ".join(changed))
             self._discard_state()
         atomic_write_text(self.config, to_toml(config))
         return False
