@@ -143,11 +143,12 @@ def _setup(config: ExtractConfig, run: RunDir, embedder: Any, progress: Callable
     progress(f"clustering into {k} clusters")
     km = KMeans(n_clusters=k, seed=config.seed).fit(doc_emb)
     labels = np.asarray(km.labels_, dtype=np.int64)
-    gap = _target_gap(doc_emb, labels, k, target_emb)
-    if config.cluster_order == "target":
-        labels, gap = _renumber_by(gap, labels)
     gauss = cluster_gaussians(doc_emb, labels, k, diagonal=config.diagonal_covariance)
     dist = pairwise_frechet(gauss)
+    # distance of each cluster's mean to the target's mean (NaN for an empty cluster)
+    gap = np.linalg.norm(gauss.means - target_emb.astype(np.float64).mean(axis=0), axis=1)
+    if config.cluster_order == "target":
+        labels, gap, dist = _renumber_by(gap, labels, dist)
     neighbors = neighbor_graph(dist, config.neighbor_threshold)
 
     emb_dir.mkdir(parents=True, exist_ok=True)
@@ -177,16 +178,10 @@ def _setup(config: ExtractConfig, run: RunDir, embedder: Any, progress: Callable
     return _Setup(docs, doc_emb, target_texts, target_emb, labels, k, neighbors)
 
 
-def _target_gap(doc_emb: np.ndarray, labels: np.ndarray, k: int, target_emb: np.ndarray) -> np.ndarray:
-    """Euclidean distance between each cluster's mean document embedding and the target's mean (float64)."""
-    sums = np.zeros((k, doc_emb.shape[1]), dtype=np.float64)
-    np.add.at(sums, labels, doc_emb.astype(np.float64))
-    means = sums / np.maximum(np.bincount(labels, minlength=k), 1)[:, None]
-    return np.linalg.norm(means - target_emb.astype(np.float64).mean(axis=0), axis=1)
-
-
-def _renumber_by(gap: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Renumber clusters by ``gap``, smallest first: new labels and ``gap`` in the new order.
+def _renumber_by(
+    gap: np.ndarray, labels: np.ndarray, dist: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Renumber clusters by ``gap``, smallest first: new labels, and ``gap`` and ``dist`` in the new order.
 
     EQUAL's first round reads clusters 0, 1, 2, ... and its later ties also go to the smaller index, so with
     this numbering a run that cannot yet tell clusters apart by reward starts with the ones whose documents
@@ -195,7 +190,7 @@ def _renumber_by(gap: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.nd
     order = np.argsort(gap, kind="stable")
     rank = np.empty(len(gap), dtype=np.int64)
     rank[order] = np.arange(len(gap))
-    return rank[labels], gap[order]
+    return rank[labels], gap[order], dist[np.ix_(order, order)]
 
 
 def _hash(text: str) -> str:
