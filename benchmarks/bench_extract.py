@@ -98,7 +98,7 @@ def main() -> None:
         for name, (strategy, order) in runs.items():
             if strategy == "all" and seed != seeds[0]:
                 continue  # "all" reads every document; its curve depends on the seed only through clustering
-            cfg = ExtractConfig(
+            cfg = ExtractConfig.from_flat(
                 corpus=str(EXAMPLES / "corpus.jsonl"), target=str(EXAMPLES / "target.jsonl"),
                 strategy=strategy, budget_docs=None if strategy == "all" else budget, extractor=args.extractor,
                 llm=args.llm, base_url=args.base_url, model=args.model, clusters=args.clusters,

@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 
 from equal.data.decontam import NGramIndex, normalize_words
-from equal.data.dedup import exact_dedup, lsh_params, near_dedup, semantic_dedup, shingle_sets
+from equal.data.dedup import (
+    NearDupIndex,
+    exact_dedup,
+    lsh_params,
+    near_dedup,
+    semantic_dedup,
+    shingle_sets,
+)
 
 # ----------------------------------------------------------------------------------------------------
 # Independent reference implementations (plain Python sets of word tuples, no hashing).
@@ -165,6 +172,122 @@ def test_near_dedup_keeps_chain_end_not_similar_to_kept() -> None:
     assert _ref_jaccard(sa, sb) >= t and _ref_jaccard(sb, sc) >= t and _ref_jaccard(sa, sc) < t
     # b goes (duplicate of a); c stays, since the only text it duplicates was itself dropped.
     np.testing.assert_array_equal(near_dedup([a, b, c], threshold=t, seed=0), [True, False, True])
+
+
+# ----------------------------------------------------------------------------------------------------
+# incremental near-duplicate index
+
+
+def _stream(rng: np.random.Generator, n: int = 500) -> list[str]:
+    """Short texts over a small vocabulary, 40% of them near copies (0-3 substitutions, case and
+    punctuation changes) of an earlier text, so copies land in the same batch and in later ones."""
+    vocab = [f"v{i}" for i in range(300)]
+    texts: list[str] = []
+    for _ in range(n):
+        if texts and rng.random() < 0.4:
+            words = texts[int(rng.integers(max(0, len(texts) - 80), len(texts)))].rstrip(".").split()
+            for _ in range(int(rng.integers(0, 4))):
+                words[int(rng.integers(0, len(words)))] = str(rng.choice(vocab))
+            if rng.random() < 0.3:
+                words = [w.upper() for w in words]
+            texts.append(" ".join(words) + ("." if rng.random() < 0.5 else ""))
+        else:
+            texts.append(" ".join(rng.choice(vocab, int(rng.integers(2, 30)))))
+    texts[5:5] = ["", "", "   "]  # empty texts are duplicates of each other
+    return texts
+
+
+def _batches(rng: np.random.Generator, n: int) -> list[slice]:
+    cuts, pos = [], 0
+    while pos < n:
+        k = int(rng.choice([0, 1, 2, 7, 30, 90]))
+        cuts.append(slice(pos, min(pos + k, n)))
+        pos += k
+    return cuts
+
+
+@pytest.mark.parametrize(("seed", "threshold"), [(0, 0.8), (1, 0.8), (2, 0.5), (3, 0.9)])
+def test_near_dup_index_stream_equals_near_dedup(seed: int, threshold: float) -> None:
+    rng = np.random.default_rng(100 + seed)
+    texts = _stream(rng)
+    index = NearDupIndex(threshold=threshold, seed=seed)
+    before: list[str] = []
+    masks = []
+    for part in _batches(rng, len(texts)):
+        batch = texts[part]
+        dup = index.query(batch)
+        assert dup.dtype == bool and dup.shape == (len(batch),)
+        # Against the one-shot function on everything so far, and on what was kept plus this batch.
+        np.testing.assert_array_equal(~dup, near_dedup(texts[: part.stop], threshold=threshold,
+                                                       seed=seed)[part.start :])
+        np.testing.assert_array_equal(~dup, near_dedup(before + batch, threshold=threshold,
+                                                       seed=seed)[len(before) :])
+        kept = [t for t, d in zip(batch, dup, strict=True) if not d]
+        index.add(kept)
+        before += kept
+        masks.append(~dup)
+    keep = np.concatenate(masks)
+    assert len(index) == int(keep.sum()) == len(before)
+    assert (~keep).sum() >= 30  # the planted copies are found
+    # Independent check: exact greedy first-of-group on brute-force Jaccard (LSH misses aside).
+    sh = [_ref_shingles(t, 5) for t in texts]
+    sim = np.array([[_ref_jaccard(a, b) for b in sh] for a in sh])
+    assert np.mean(keep == _ref_greedy(sim, threshold)) >= 0.98
+
+
+def test_near_dup_index_generator_seed_matches_near_dedup(rng: np.random.Generator) -> None:
+    texts = _stream(rng, 150)
+    index = NearDupIndex(seed=np.random.default_rng(9))
+    dup = index.query(texts)
+    np.testing.assert_array_equal(~dup, near_dedup(texts, seed=np.random.default_rng(9)))
+    # A different seed changes the hash functions (the same duplicates, up to rare LSH misses).
+    other = NearDupIndex(seed=10)
+    assert not np.array_equal(index._a, other._a)
+
+
+def test_near_dup_index_query_does_not_mutate_and_keeps_chain_rule() -> None:
+    base = [f"t{i}" for i in range(40)]
+    a = " ".join(base)
+    b = " ".join([*base[:38], "x1", "x2"])
+    c = " ".join(["y1", "y2", *base[2:38], "x1", "x2"])  # J(a,b) = J(b,c) = 34/38, J(a,c) = 32/40
+    index = NearDupIndex(threshold=0.85)
+    # In one call: b duplicates a; c only duplicates b, which is itself a duplicate, so c stays.
+    np.testing.assert_array_equal(index.query([a, b, c]), [False, True, False])
+    assert len(index) == 0 and index.query([b]).tolist() == [False]
+    index.add([a])
+    size = index.nbytes
+    for _ in range(2):
+        np.testing.assert_array_equal(index.query([b, c, "something else entirely"]), [True, False, False])
+    np.testing.assert_array_equal(index.query([c]), [False])
+    assert len(index) == 1 and index.nbytes == size
+    index.add([])
+    assert len(index) == 1
+    assert index.query([]).shape == (0,)
+    np.testing.assert_array_equal(index.query(["", " ", a.upper() + "!"]), [False, True, True])
+    with pytest.raises(ValueError, match="threshold"):
+        NearDupIndex(threshold=1.5)
+    with pytest.raises(ValueError, match="num_perm"):
+        NearDupIndex(num_perm=1)
+    with pytest.raises(ValueError, match="ngram"):
+        NearDupIndex(ngram=0)
+
+
+def test_near_dup_index_storage_is_compact_and_levelled(rng: np.random.Generator) -> None:
+    vocab = [f"u{i}" for i in range(5000)]
+    index = NearDupIndex()
+    words = 0
+    for _ in range(60):
+        batch = [" ".join(rng.choice(vocab, 20)) for _ in range(int(rng.integers(1, 40)))]
+        index.add(batch)
+        words += 16 * len(batch)  # 20 words -> 16 distinct 5-shingles
+        levels = index._levels
+        assert len(levels) <= int(np.log2(len(index))) + 1
+        assert sum(k.shape[1] for k, _ in levels) == len(index)
+        for keys, ids in levels:
+            assert keys.dtype == np.uint64 and ids.dtype == np.uint32 and keys.shape == (index.bands, ids.shape[1])
+            assert (np.diff(keys, axis=1) >= 0).all() if keys.shape[1] > 1 else True
+    # Band keys + ids (12 bytes per text and band), shingles (8 bytes each), buffers at most doubled.
+    assert index.nbytes <= 2 * (len(index) * index.bands * 12 + 8 * words + 8 * len(index)) + 16384
 
 
 # ----------------------------------------------------------------------------------------------------

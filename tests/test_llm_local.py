@@ -44,6 +44,8 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def llm(cache_dir: Path) -> LocalLLM:
     model = LocalLLM(weights_cache_dir=cache_dir, batch_size=8)
+    # the session's cache is shared: a module that ran earlier (train, evaluate) may have dequantised already
+    model.existed_before = model.dequantised_dir is not None and model.dequantised_dir.exists()  # type: ignore[attr-defined]
     model.load()
     return model
 
@@ -125,12 +127,13 @@ def test_dequantised_cache_is_reused(llm: LocalLLM, cache_dir: Path, batched: li
     assert folder is not None and folder.parent == cache_dir
     assert (folder / "equal_source.json").is_file() and any(folder.glob("*.safetensors"))
     assert not [p for p in cache_dir.iterdir() if p.name.startswith(".tmp-")]
-    assert llm.loaded_from_cache is False
+    assert llm.loaded_from_cache is llm.existed_before  # type: ignore[attr-defined]
     second = LocalLLM(weights_cache_dir=cache_dir)
     second.load()
     assert second.loaded_from_cache is True
     assert second.load_seconds is not None and llm.load_seconds is not None
-    assert second.load_seconds < llm.load_seconds
+    if not llm.existed_before:  # type: ignore[attr-defined]
+        assert second.load_seconds < llm.load_seconds
     assert second.generate(PROMPTS[:1], GREEDY)[0].text == batched[0].text
 
 

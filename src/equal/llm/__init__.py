@@ -15,10 +15,10 @@ import os
 from typing import Any
 
 from equal.errors import ConfigError
-from equal.llm.base import LLM, Completion, GenerationParams, Message, OnComplete
+from equal.llm.base import LLM, Completion, GenerationParams, Message, OnComplete, ResponseFormat
 from equal.llm.cache import CachedLLM, cache_key, canonical_request
 from equal.llm.ledger import Ledger
-from equal.llm.local import LocalLLM, bundled_gguf_path, default_cache_dir
+from equal.llm.local import LocalLLM, bundled_gguf_path, default_cache_dir, model_dir
 from equal.llm.remote import OpenAILLM, RateLimiter
 
 __all__ = [
@@ -32,11 +32,13 @@ __all__ = [
     "OnComplete",
     "OpenAILLM",
     "RateLimiter",
+    "ResponseFormat",
     "bundled_gguf_path",
     "cache_key",
     "canonical_request",
     "default_cache_dir",
     "get_llm",
+    "model_dir",
 ]
 
 _DEFAULT_BASE_URL = "https://api.openai.com/v1"

@@ -8,6 +8,11 @@ Cache key (STYLE rule 13)
      "messages": [{"role": ..., "content": ...}, ...],     # every key of every message, in order
      "params": {"max_tokens", "temperature", "top_p", "seed", "stop"}}   # all GenerationParams fields
 
+``params`` also holds ``"response_format": {"name", "schema", "strict"}`` when a
+:class:`~equal.llm.base.ResponseFormat` is set, and ``"sample": n`` when ``GenerationParams.sample`` is
+non-zero (the n-th draw of one prompt, for pass@k); with neither the key is exactly the recipe above, so
+every key written before these fields existed stays valid.
+
 Float parameters are written as floats (``temperature=0`` and ``0.0`` give one key) and ``stop`` as a list.
 The endpoint (``identity``: URL, port) is stored with each row but is not part of the key, so the same model
 served elsewhere still hits the cache. ``v`` changes only if this recipe changes.
@@ -91,6 +96,15 @@ def canonical_request(model: str, messages: Sequence[Message], params: Generatio
     for name in _FLOAT_FIELDS:
         p[name] = float(p[name])
     p["stop"] = list(p["stop"])
+    # Structured output enters the key only when asked for, so every key without it is unchanged.
+    del p["response_format"]
+    fmt = params.response_format
+    if fmt is not None:
+        p["response_format"] = {"name": fmt.name, "schema": fmt.schema, "strict": fmt.strict}
+    # Likewise the sample index: draw 0 keeps the old key, draws 1..n-1 get keys of their own.
+    del p["sample"]
+    if params.sample:
+        p["sample"] = params.sample
     payload = {"v": _KEY_VERSION, "model": model, "messages": [dict(m) for m in messages], "params": p}
     return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 

@@ -29,7 +29,7 @@ from typing import Any
 from equal.errors import ConfigError
 from equal.llm.base import Completion, GenerationParams, Message, OnComplete
 
-__all__ = ["BUNDLED_GGUF", "LocalLLM", "bundled_gguf_path", "default_cache_dir"]
+__all__ = ["BUNDLED_GGUF", "LocalLLM", "bundled_gguf_path", "default_cache_dir", "folder_sha256", "model_dir"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +60,17 @@ def default_cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "equal"
 
 
+def model_dir(model_path: str | os.PathLike[str] | None = None) -> Path:
+    """A transformers model folder for ``model_path``: the one loader every part of equal uses.
+
+    A ``.gguf`` file (default: the bundled SmolLM2-135M-Instruct) is dequantised once into the weights
+    cache (see the module docstring) and that folder is returned; a transformers folder is returned as is.
+    Training, evaluation and the local LLM backend all load their models from here, so the bundled model
+    is dequantised once for all of them.
+    """
+    return LocalLLM(model_path).model_dir()
+
+
 def _sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
@@ -68,18 +79,39 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _sha256_dir(path: Path) -> str:
-    """Cheap fingerprint of a transformers model folder: small JSON files by content, weights by size."""
+def folder_sha256(path: Path) -> str:
+    """Content fingerprint of a transformers model folder: sha256 over its files' names and content digests.
+
+    Weights are hashed by content, not by size: two fine-tuned checkpoints of one base model have files of
+    identical sizes, and their generations must never share a request-cache key. Each file's digest is
+    memoised in ``default_cache_dir()/file_sha256.json`` by (path, size, mtime), so hashing a 540 MB folder
+    costs about a second once and nothing after that.
+    """
+    memo_path = default_cache_dir() / "file_sha256.json"
+    try:
+        memo: dict[str, str] = json.loads(memo_path.read_text())
+    except (OSError, ValueError):
+        memo = {}
     h = hashlib.sha256()
+    changed = False
     for p in sorted(path.rglob("*")):
-        if not p.is_file():
+        if not p.is_file() or any(part.startswith(".") for part in p.relative_to(path).parts):
             continue
-        rel = p.relative_to(path).as_posix()
-        h.update(rel.encode())
-        if p.suffix == ".json" and p.stat().st_size < (1 << 20):
-            h.update(p.read_bytes())
-        else:
-            h.update(str(p.stat().st_size).encode())
+        st = p.stat()
+        key = f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+        digest = memo.get(key)
+        if digest is None:
+            prefix = f"{p.resolve()}|"
+            for stale in [k for k in memo if k.startswith(prefix)]:  # the file was rewritten since
+                del memo[stale]
+            digest = memo[key] = _sha256_file(p)
+            changed = True
+        h.update(f"{p.relative_to(path).as_posix()}\0{digest}\n".encode())
+    if changed:
+        from equal.data.io import atomic_write_json
+
+        with contextlib.suppress(OSError):
+            atomic_write_json(memo_path, memo)
     return h.hexdigest()
 
 
@@ -178,7 +210,7 @@ class LocalLLM:
             Path(weights_cache_dir).expanduser() if weights_cache_dir is not None
             else default_cache_dir() / "models"
         )
-        self._sha256 = _sha256_file(self._path) if self._is_gguf else _sha256_dir(self._path)
+        self._sha256 = _sha256_file(self._path) if self._is_gguf else folder_sha256(self._path)
         stem = self._path.stem if self._is_gguf else self._path.name
         self._name = f"{stem}@{self._sha256[:12]}"
         self._stem = stem
@@ -255,6 +287,13 @@ class LocalLLM:
             else:
                 dtype = torch.float32
         return device, dtype
+
+    def model_dir(self) -> Path:
+        """The transformers folder this model loads from (dequantising a GGUF file the first time)."""
+        if not self._is_gguf:
+            return self._path
+        with _no_progress_bars():
+            return self._ensure_dequantised()[0]
 
     def load(self) -> None:
         """Load tokenizer and model (dequantising and caching a GGUF file the first time).

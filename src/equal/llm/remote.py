@@ -10,6 +10,21 @@ server sent ``Retry-After`` (seconds or an HTTP date) or ``retry-after-ms``, whi
 ``backoff_max``) and also pauses the other requests of the batch. Any other 4xx is the caller's mistake and is
 returned at once as a failed :class:`~equal.llm.base.Completion`.
 
+Structured output: when ``params.response_format`` is set, the request carries a ``response_format`` in
+the first wire form the instance has not seen refused, in the order ``json_schema`` (OpenAI's
+``{"type": "json_schema", "json_schema": {"name", "schema", "strict"}}``: vLLM, SGLang, llama.cpp's
+``llama-server``, OpenAI), then ``json_object`` with the schema inline (``{"type": "json_object", "schema":
+...}``: llama-cpp-python's server, Anyscale-style APIs), then none (a plain request, read by the caller's
+tolerant parser). A form counts as refused when the server answers a non-retryable 4xx whose JSON body
+names ``response_format`` as the offending parameter (OpenAI's ``error.param``, FastAPI's ``detail[].loc``).
+A 4xx that names no parameter, or a 5xx whose body mentions ``response_format``/``json_schema``
+(llama-cpp-python answers an unknown format with HTTP 500, and there the text is the only evidence), is
+treated as a refusal provisionally: it is taken back when even the plain request then fails with a 4xx
+(the error was about something else, e.g. a prompt longer than the context). A refusal is remembered for
+the instance, so later requests (and the queued requests of the same batch) go straight to the accepted
+form; stepping down is immediate and not counted as a retry. The form actually sent is recorded in
+``Completion.extra["response_format"]``.
+
 The API key is read from the environment at each request and kept nowhere else: not on the object, not in
 ``repr``, ``identity``, logs or error messages (an error body that echoes it is redacted).
 """
@@ -22,6 +37,7 @@ import email.utils
 import logging
 import os
 import random
+import re
 import threading
 import time
 from collections.abc import Sequence
@@ -31,13 +47,17 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from equal.errors import ConfigError
-from equal.llm.base import Completion, GenerationParams, Message, OnComplete
+from equal.llm.base import Completion, GenerationParams, Message, OnComplete, ResponseFormat
 
-__all__ = ["OpenAILLM", "RateLimiter"]
+__all__ = ["STRUCTURED_OUTPUT_MODES", "OpenAILLM", "RateLimiter"]
 
 logger = logging.getLogger(__name__)
 
 _RETRY_STATUS = frozenset({408, 429})
+#: Wire forms of a structured-output request, strongest first (see the module docstring).
+_FORMAT_STYLES = ("json_schema", "json_object")
+STRUCTURED_OUTPUT_MODES = {"auto": _FORMAT_STYLES, "json_schema": ("json_schema",),
+                           "json_object": ("json_object",), "off": ()}
 _CHARS_PER_TOKEN = 4  # rough prompt-size estimate for the tokens-per-minute limiter, corrected by `usage`
 
 
@@ -118,6 +138,36 @@ def _redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
+def _names_response_format(resp: Any) -> bool | None:
+    """Whether an error body names ``response_format`` as its parameter (None: it names none).
+
+    Reads the structure only: OpenAI-style ``{"error": {"param": ...}}`` and FastAPI-style
+    ``{"detail": [{"loc": [...]}, ...]}``.
+    """
+    try:
+        data = resp.json()
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    err = data.get("error")
+    if isinstance(err, dict) and isinstance(err.get("param"), str) and err["param"]:
+        return bool(re.match(r"response_format\b", err["param"]))
+    detail = data.get("detail")
+    if isinstance(detail, list):
+        locs = [d["loc"] for d in detail if isinstance(d, dict) and isinstance(d.get("loc"), list)]
+        if locs:
+            return any("response_format" in loc for loc in locs)
+    return None
+
+
+def _format_payload(style: str, fmt: ResponseFormat) -> dict[str, Any]:
+    if style == "json_schema":
+        return {"type": "json_schema",
+                "json_schema": {"name": fmt.name, "schema": fmt.schema, "strict": fmt.strict}}
+    return {"type": "json_object", "schema": fmt.schema}
+
+
 def parse_retry_after(headers: Any, now: float | None = None) -> float | None:
     """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (delta-seconds or an HTTP date).
 
@@ -173,6 +223,9 @@ class OpenAILLM:
         ``len(prompt chars) / 4 + max_tokens`` before sending and corrected with ``usage`` afterwards.
     extra_body : dict, optional
         Additional JSON fields merged into every request body (e.g. ``{"top_k": 20}`` for vLLM).
+    structured_output : {"auto", "json_schema", "json_object", "off"}, default="auto"
+        Wire forms tried for ``params.response_format`` (see the module docstring): ``"auto"`` tries
+        ``json_schema`` then ``json_object``; ``"off"`` always sends plain requests.
 
     Notes
     -----
@@ -195,6 +248,7 @@ class OpenAILLM:
         rpm: float | None = None,
         tpm: float | None = None,
         extra_body: dict[str, Any] | None = None,
+        structured_output: str = "auto",
     ) -> None:
         if not isinstance(model, str) or not model:
             raise ConfigError(f"model={model!r} must be a non-empty string.")
@@ -211,6 +265,9 @@ class OpenAILLM:
         for name, value in (("rpm", rpm), ("tpm", tpm)):
             if value is not None and not value > 0:
                 raise ConfigError(f"{name}={value!r} must be > 0 (or None for no limit).")
+        if structured_output not in STRUCTURED_OUTPUT_MODES:
+            raise ConfigError(f"structured_output={structured_output!r} must be one of "
+                              f"{', '.join(STRUCTURED_OUTPUT_MODES)}.")
         envs = (api_key_env,) if isinstance(api_key_env, str) else tuple(api_key_env)
         if not envs or not all(isinstance(e, str) and e for e in envs):
             raise ConfigError(f"api_key_env={api_key_env!r} must name one or more environment variables.")
@@ -230,7 +287,11 @@ class OpenAILLM:
         self._jitter = random.Random()  # jitter only spreads retries; it never affects results
         self._counter_lock = threading.Lock()
         self._in_flight = 0
-        self._counters = {"requests": 0, "sent": 0, "retries": 0, "failed": 0, "max_in_flight": 0}
+        self._counters = {"requests": 0, "sent": 0, "retries": 0, "failed": 0, "max_in_flight": 0,
+                          "format_fallbacks": 0}
+        self.structured_output = structured_output
+        self._styles: tuple[str, ...] = (*STRUCTURED_OUTPUT_MODES[structured_output], "none")
+        self._style_floor = 0  # index into _styles of the strongest form not refused yet (per instance)
 
     # -- identity -------------------------------------------------------------------------------------
 
@@ -250,7 +311,8 @@ class OpenAILLM:
         """Counters since construction.
 
         ``requests``: completions asked for; ``sent``: HTTP requests made (attempts, retries included);
-        ``retries``; ``failed``: completions returned with an error; ``max_in_flight``: peak concurrency.
+        ``retries``; ``failed``: completions returned with an error; ``max_in_flight``: peak concurrency;
+        ``format_fallbacks``: requests resent in a weaker structured-output form after a refusal.
         """
         with self._counter_lock:
             return dict(self._counters)
@@ -274,7 +336,28 @@ class OpenAILLM:
 
     # -- requests -------------------------------------------------------------------------------------
 
-    def _body(self, messages: Sequence[Message], params: GenerationParams) -> dict[str, Any]:
+    @property
+    def response_format_style(self) -> str:
+        """The structured-output form this instance sends now: ``json_schema``, ``json_object`` or ``none``."""
+        with self._counter_lock:
+            return self._styles[self._style_floor]
+
+    def _lower_floor(self, index: int) -> None:
+        with self._counter_lock:
+            if index > self._style_floor:
+                logger.warning("server refused response_format %r; sending %r from now on",
+                               self._styles[self._style_floor], self._styles[index])
+                self._style_floor = index
+
+    def _restore_floor(self, index: int) -> None:
+        with self._counter_lock:
+            if index < self._style_floor:
+                logger.info("response_format %r was not the problem; sending it again", self._styles[index])
+                self._style_floor = index
+
+    def _body(
+        self, messages: Sequence[Message], params: GenerationParams, style: str = "none"
+    ) -> dict[str, Any]:
         # A fresh body per request: the caller's messages are copied, never modified (rule 14).
         body: dict[str, Any] = dict(self.extra_body)
         body.update({
@@ -288,6 +371,8 @@ class OpenAILLM:
             body["seed"] = params.seed
         if params.stop:
             body["stop"] = list(params.stop)
+        if params.response_format is not None and style != "none":
+            body["response_format"] = _format_payload(style, params.response_format)
         return body
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
@@ -302,7 +387,14 @@ class OpenAILLM:
     ) -> Completion:
         import httpx
 
-        body = self._body(messages, params)
+        fmt = params.response_format
+        with self._counter_lock:
+            style_i = self._style_floor if fmt is not None else len(self._styles) - 1
+        # After an ambiguous error the next form is tried at once and, provisionally, by every request
+        # (so a batch does not pay one refusal per request); if even the plain request fails with a 4xx,
+        # the error was not about the format and the old floor is restored.
+        probe_from: int | None = None
+        body = self._body(messages, params, self._styles[style_i])
         estimate = sum(len(str(m.get("content", ""))) for m in body["messages"]) // _CHARS_PER_TOKEN
         estimate += params.max_tokens
         t0 = time.perf_counter()
@@ -323,6 +415,13 @@ class OpenAILLM:
             status: int | None = None
             retry_after: float | None = None
             async with sem:
+                if fmt is not None and probe_from is None:
+                    # Another request may have learnt of a refusal while this one waited for a slot.
+                    with self._counter_lock:
+                        floor = self._style_floor
+                    if floor > style_i:
+                        style_i = floor
+                        body = self._body(messages, params, self._styles[style_i])
                 with self._counter_lock:
                     self._in_flight += 1
                     self._counters["sent"] += 1
@@ -341,6 +440,8 @@ class OpenAILLM:
             if status is not None:
                 if 200 <= status < 300:
                     done = self._parse(resp, t0, attempt, estimate)
+                    if fmt is not None:
+                        done.extra["response_format"] = self._styles[style_i]
                     if not done.ok:
                         self._count("failed")
                     return done
@@ -348,7 +449,18 @@ class OpenAILLM:
                 retry_after = parse_retry_after(resp.headers)
                 if self.tpm_limiter is not None:
                     self.tpm_limiter.adjust(-estimate)  # a rejected request used no tokens
+                refused = self._refused(status, resp) if style_i < len(self._styles) - 1 else False
+                if refused is not False:
+                    if refused is None and probe_from is None:
+                        probe_from = style_i
+                    self._lower_floor(style_i + 1)
+                    style_i += 1
+                    body = self._body(messages, params, self._styles[style_i])
+                    self._count("format_fallbacks")
+                    continue
                 if not (status in _RETRY_STATUS or status >= 500):
+                    if probe_from is not None:
+                        self._restore_floor(probe_from)
                     self._count("failed")
                     logger.warning("request failed, not retried: HTTP %d", status)
                     return self._failed(error, t0, attempt, status)
@@ -367,6 +479,19 @@ class OpenAILLM:
             self._count("retries")
             attempt += 1
             await asyncio.sleep(delay)
+
+    @staticmethod
+    def _refused(status: int, resp: Any) -> bool | None:
+        """Whether an error answers the structured-output form: True sure, None maybe (probe), False no."""
+        if status in _RETRY_STATUS:
+            return False
+        named = _names_response_format(resp)
+        if status < 500:
+            return True if named else (None if named is None else False)
+        if named:
+            return True
+        # llama-cpp-python's server answers an unknown format with a 500 whose message is the only clue.
+        return None if named is None and re.search(r"response_format|json_schema", resp.text) else False
 
     def _failed(self, error: str, t0: float, attempt: int, status: int | None) -> Completion:
         suffix = f" (after {attempt + 1} attempts)" if attempt else ""

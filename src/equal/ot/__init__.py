@@ -14,6 +14,9 @@ Which method when (measured in ``benchmarks/bench_ot.py``; numbers in ``benchmar
   single problem, and beyond ~1000 points per side faster than IPOT on a CPU.
 * :func:`sinkhorn`: entropic OT; biased by ``reg`` (1.5–5% at reg = 0.01–0.05 on unit-vector costs), so
   use it only when a smoothed distance is what you want.
+
+:class:`RunningDistance` follows the distance of a growing set (the pairs kept so far) to the target on a
+fixed-size reservoir sample, so its cost per round does not grow with the run.
 """
 
 from equal.ot._common import OTResult
@@ -21,12 +24,14 @@ from equal.ot._cost import COSTS, cost_matrix
 from equal.ot._distance import METHODS, distance, distance_batch
 from equal.ot._exact import emd
 from equal.ot._ipot import ipot
+from equal.ot._running import RunningDistance
 from equal.ot._sinkhorn import sinkhorn
 
 __all__ = [
     "COSTS",
     "METHODS",
     "OTResult",
+    "RunningDistance",
     "cost_matrix",
     "distance",
     "distance_batch",

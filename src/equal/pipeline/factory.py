@@ -1,0 +1,133 @@
+"""Builds the parts of an extraction run from the config's sections, through the registries.
+
+Nothing here decides anything a part decides; the factory only maps settings to constructors:
+``bandit`` -> the policy, ``sampler`` -> the document sampler, ``reward`` -> the reward, ``filters`` ->
+the filters, ``extract`` and ``llm`` -> the extractor and its cached LLM.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from equal.config import ExtractConfig
+from equal.llm import Ledger
+from equal.pipeline.registry import FILTERS, POLICIES, REWARDS, SAMPLERS, PartContext
+from equal.pipeline.rundir import RunDir
+from equal.pipeline.sampler import ClusterSampler, CorpusOrder
+from equal.pipeline.setup import Inputs
+
+__all__ = ["LLMSource", "Parts", "build_parts"]
+
+logger = logging.getLogger(__name__)
+
+
+class LLMSource:
+    """The run's LLM, built on first use: the given backend or the configured one, behind the run's cache.
+
+    Every request goes through :class:`~equal.llm.CachedLLM` on ``RUN/llm_cache.sqlite`` (a backend that is
+    already a ``CachedLLM`` is used as it is), so no request is paid for twice.
+    """
+
+    def __init__(self, config: ExtractConfig, run: RunDir, llm: Any = None) -> None:
+        self.config, self.run, self._given = config, run, llm
+        self._llm: Any = None
+
+    @property
+    def built(self) -> Any:
+        """The LLM if it was built, else None."""
+        return self._llm
+
+    def __call__(self) -> Any:
+        if self._llm is None:
+            from equal.llm import CachedLLM, get_llm
+
+            base = self._given
+            if base is None:
+                c = self.config.llm
+                if c.llm == "openai":
+                    base = get_llm("openai", model=c.model, base_url=c.base_url, concurrency=c.concurrency)
+                else:
+                    kw: dict[str, Any] = {"batch_size": c.batch_size}
+                    if c.model:
+                        kw["model_path"] = c.model
+                    base = get_llm("local", **kw)
+            self._llm = base if isinstance(base, CachedLLM) else CachedLLM(base, self.run.llm_cache)
+        return self._llm
+
+    def warm_up(self) -> None:
+        """Load a local model in a background thread while the corpus is embedded.
+
+        Dequantising the bundled GGUF the first time is mostly single-threaded Python and numpy work, the
+        embedding mostly torch kernels that release the GIL, so on a cold machine the two overlap well. The
+        first ``generate`` waits for the thread (``LocalLLM.load`` is thread-safe); a failure here is only
+        logged, because that ``generate`` loads again and raises it where it can be reported.
+        """
+        base = getattr(self(), "llm", None)
+        if not callable(getattr(base, "load", None)):
+            return
+
+        def load() -> None:
+            try:
+                base.load()
+            except Exception:
+                logger.debug("background model load failed; retried on first use", exc_info=True)
+
+        threading.Thread(target=load, name="equal-llm-warm-up", daemon=True).start()
+
+
+@dataclass
+class Parts:
+    """The parts of one run, as :class:`~equal.pipeline.loop.ExtractionLoop` takes them."""
+
+    extractor: Any
+    sampler: ClusterSampler | CorpusOrder
+    policy: Any
+    reward: Any
+    filters: list[Any]
+
+
+def _extractor(config: ExtractConfig, llm: LLMSource) -> Any:
+    if config.extract.extractor == "rules":
+        from equal.extract import RuleExtractor
+
+        return RuleExtractor()
+    from equal.extract import LLMExtractor
+    from equal.llm import GenerationParams
+
+    params = GenerationParams(max_tokens=config.llm.max_tokens, temperature=config.llm.temperature,
+                              seed=config.run.seed)
+    return LLMExtractor(llm(), params=params, max_pairs=config.extract.max_pairs, refine=config.extract.refine,
+                        prompt_style=config.resolved_prompt_style)
+
+
+def _policy(config: ExtractConfig, ctx: PartContext) -> Any:
+    from equal.pipeline.policies import UniformConfig, build_policy
+
+    if config.run.strategy == "equal":
+        name = config.bandit.policy
+        return POLICIES[name].builder()(config.part_config("policy"), ctx, name=name,
+                                        neighbor_credit=config.bandit.neighbor_credit)
+    if config.run.strategy == "uniform-clusters":  # the baseline: uniform picks, no neighbour credit
+        return build_policy(UniformConfig(), ctx, name="uniform", neighbor_credit=False)
+    return None
+
+
+def build_parts(config: ExtractConfig, inputs: Inputs, *, llm: LLMSource, ledger: Ledger,
+                need_extractor: bool = True) -> Parts:
+    """Every part of the run, from ``config`` (the extractor only when ``need_extractor``)."""
+    ctx = PartContext(seed=config.run.seed, n_clusters=inputs.n_clusters, neighbors=inputs.neighbors,
+                      target_texts=inputs.target_texts, target_emb=inputs.target_emb, llm=llm, ledger=ledger)
+    policy = _policy(config, ctx)
+    if policy is not None:
+        sampler: ClusterSampler | CorpusOrder = SAMPLERS[config.sampler.sampler].builder()(
+            config.sampler, ctx, labels=inputs.labels)  # type: ignore[call-arg]
+        reward = REWARDS[config.reward.reward].builder()(config.part_config("reward"), ctx)
+    else:
+        sampler = CorpusOrder(len(inputs.docs), shuffle=config.run.strategy == "random", seed=config.run.seed)
+        reward = None
+    filters = [FILTERS[name].builder()(cfg, ctx) for name, cfg in config.filter_configs()]
+    extractor = _extractor(config, llm) if need_extractor else None
+    return Parts(extractor=extractor, sampler=sampler, policy=policy, reward=reward, filters=filters)
