@@ -250,7 +250,7 @@ def test_judge_filter_mechanics(server: LlamaServer, tmp_path: Path) -> None:
     with CachedLLM(llm, tmp_path / "c.sqlite") as cached:
         ledger = Ledger.for_llm(cached)
         before = server.chat_posts()
-        v = JudgeFilter(cached, JudgeFilterConfig(), ledger).judge(cand)
+        v = JudgeFilter(cached, JudgeFilterConfig(prescreen=False), ledger).judge(cand)
         paid = server.chat_posts() - before
         # Structured output: every rating parses to an integer 1..10.
         assert v.scores.dtype == np.float64 and v.scores.shape == (4,)
@@ -263,11 +263,22 @@ def test_judge_filter_mechanics(server: LlamaServer, tmp_path: Path) -> None:
         # Rerun at other thresholds: the threshold is applied to the same (cached) ratings, nothing is sent.
         before = server.chat_posts()
         for threshold in (1, int(v.scores.max()), int(v.scores.max()) + 1 if v.scores.max() < 10 else 10):
-            f = JudgeFilter(cached, JudgeFilterConfig(threshold=threshold), ledger)
+            f = JudgeFilter(cached, JudgeFilterConfig(threshold=threshold, prescreen=False), ledger)
             np.testing.assert_array_equal(f.keep(cand), v.scores >= threshold)
         assert server.chat_posts() == before
         assert ledger.requests == 4 * 4 and ledger.cached == 4 * 3 and ledger.sent == 4
         assert JudgeFilter(cached).keep(_candidates([])).shape == (0,)
+
+
+def test_judge_filter_prescreens_with_the_quality_rules(server: LlamaServer, tmp_path: Path) -> None:
+    # a stub answer is dropped before any request; the others are graded by the model as usual
+    cand = _candidates([JUNK[0], GOOD[0], GOOD[1]])
+    with CachedLLM(OpenAILLM("smollm2", base_url=server.url, concurrency=1), tmp_path / "c.sqlite") as cached:
+        ledger = Ledger()
+        v = JudgeFilter(cached, JudgeFilterConfig(threshold=1), ledger).judge(cand)
+    assert v.reasons[0] == "judge_prescreen" and not v.keep[0] and np.isnan(v.scores[0])
+    assert v.keep[1:].all() and np.all(v.scores[1:] >= 1)  # threshold 1 keeps every graded pair
+    assert ledger.requests == 2
 
 
 def test_judge_filter_raises_on_failed_requests(server: LlamaServer, monkeypatch: pytest.MonkeyPatch) -> None:

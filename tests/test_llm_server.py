@@ -85,6 +85,10 @@ class LlamaServer:
         """Chat requests this server process has answered or rejected, from its access log."""
         return self.log_path.read_text(errors="replace").count('"POST /v1/chat/completions HTTP/1.1"')
 
+    def chat_answered(self) -> int:
+        """Chat requests this server process answered (status 200): the ones a hosted API would bill."""
+        return self.log_path.read_text(errors="replace").count('"POST /v1/chat/completions HTTP/1.1" 200')
+
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:

@@ -371,7 +371,7 @@ def evaluate(
     """
     from equal.evaluate import EvaluateConfig
     from equal.evaluate import evaluate as run_evaluate
-    from equal.evaluate.display import EvaluateProgress, results_table
+    from equal.pipeline.progress import EvaluateProgress, results_table
 
     if (model is None) == (predictions is None):
         raise typer.BadParameter("give MODEL or --predictions (exactly one)", param_hint="MODEL")
@@ -424,7 +424,8 @@ def train(
     Example:
       equal train examples/target.jsonl --out ckpt/demo --max-steps 20 --max-length 256
     """
-    from equal.train import TrainConfig, TrainProgressBar
+    from equal.pipeline.progress import TrainProgressBar
+    from equal.train import TrainConfig
     from equal.train import train as run_train
 
     config = TrainConfig(

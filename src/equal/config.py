@@ -222,6 +222,9 @@ class ExtractorConfig:
     refine: bool = field(default=False, metadata=_opt("Run a refinement pass over the drafted pairs."))
     prompt_style: str = field(default="auto", metadata=_opt(
         "auto (lines for the local model, json for served ones), json or lines.", choices=PROMPT_STYLES))
+    structured: bool = field(default=True, metadata=_opt(
+        "With the json prompt, ask for structured output (a JSON schema; a server that refuses it gets the "
+        "plain request)."))
 
     def __post_init__(self) -> None:
         _check_choices("extract", self)

@@ -100,7 +100,7 @@ def _extractor(config: ExtractConfig, llm: LLMSource) -> Any:
     params = GenerationParams(max_tokens=config.llm.max_tokens, temperature=config.llm.temperature,
                               seed=config.run.seed)
     return LLMExtractor(llm(), params=params, max_pairs=config.extract.max_pairs, refine=config.extract.refine,
-                        prompt_style=config.resolved_prompt_style)
+                        prompt_style=config.resolved_prompt_style, structured=config.extract.structured)
 
 
 def _policy(config: ExtractConfig, ctx: PartContext) -> Any:

@@ -156,6 +156,11 @@ class JudgeFilterConfig:
         A key of :data:`JUDGE_PROMPTS` for the filter.
     structured : bool, default=True
         Ask for ``{"score": n}`` as structured output (:data:`SCORE_FORMAT`).
+    prescreen : bool, default=True
+        Drop the pairs that fail the quality rules (:func:`equal.extract.quality.quality_reason` with its
+        default :class:`~equal.extract.quality.QualityConfig`) before asking: no request is spent on a stub,
+        circular or empty answer, and such pairs are dropped even by a judge too weak to notice them (the
+        bundled 135M model gives every pair the same score). Counted as ``judge_prescreen``.
     """
 
     threshold: int = 7
@@ -164,8 +169,11 @@ class JudgeFilterConfig:
     max_doc_chars: int = 1500
     prompt_version: str = FILTER_PROMPT_VERSION
     structured: bool = True
+    prescreen: bool = True
 
     def __post_init__(self) -> None:
+        if not isinstance(self.prescreen, bool):
+            raise ConfigError(f"judge_filter.prescreen={self.prescreen!r} must be true or false.")
         if isinstance(self.threshold, bool) or not isinstance(self.threshold, int) or not 1 <= self.threshold <= 10:
             raise ConfigError(f"judge_filter.threshold={self.threshold!r} must be an integer in 1..10.")
         _check_common("judge_filter", self.max_tokens, self.temperature, ("max_doc_chars", self.max_doc_chars))
@@ -261,17 +269,26 @@ class JudgeFilter:
         LLMError
             When a request failed (see the module docstring).
         """
+        from equal.extract.quality import QualityConfig, quality_reason
+
+        quality = QualityConfig()
+        pre = [quality_reason(p.question, p.answer, config=quality) if self.config.prescreen else None
+               for p in candidates.pairs]
+        ask = [i for i, r in enumerate(pre) if r is None]
         requests = []
-        for pair in candidates.pairs:
+        for i in ask:
+            pair = candidates.pairs[i]
             doc = candidates.documents.get(pair.doc_id)
             requests.append(build_filter_messages(pair.question, pair.answer, doc.text if doc is not None else "",
                                                   config=self.config))
-        parsed = _ask(self.llm, requests, self.config.params(), self.ledger, "judge-filter")
-        scores = np.array([np.nan if s is None else float(s) for s in parsed], dtype=np.float64)
+        parsed = _ask(self.llm, requests, self.config.params(), self.ledger, "judge-filter") if requests else []
+        scores = np.full(len(candidates), np.nan, dtype=np.float64)
+        for i, s in zip(ask, parsed, strict=True):
+            scores[i] = np.nan if s is None else float(s)
         keep = np.nan_to_num(scores, nan=0.0) >= self.config.threshold
         reasons: list[str | None] = [
-            None if k else ("judge_unparsed" if np.isnan(s) else "judge_low")
-            for s, k in zip(scores.tolist(), keep.tolist(), strict=True)
+            None if k else ("judge_prescreen" if p is not None else "judge_unparsed" if np.isnan(x) else "judge_low")
+            for x, k, p in zip(scores.tolist(), keep.tolist(), pre, strict=True)
         ]
         n_unparsed = sum(r == "judge_unparsed" for r in reasons)
         if n_unparsed:

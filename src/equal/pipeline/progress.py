@@ -1,14 +1,22 @@
-"""Progress display of ``equal extract`` (rich, on stderr, only when it is a terminal)."""
+"""What the command line draws for the long jobs: ``equal extract``, ``equal train``, ``equal evaluate``.
+
+Rich, on stderr, only when it is a terminal. The library reports progress through callbacks and never prints;
+this module is the display layer the CLI puts on those callbacks.
+"""
 
 from __future__ import annotations
 
 import sys
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from equal.pipeline.extract import ExtractSummary, RoundInfo
 
-__all__ = ["ExtractProgress"]
+if TYPE_CHECKING:  # annotations only: `equal extract` need not import the training stack
+    from equal.evaluate import EvalResult
+    from equal.train import TrainProgress, TrainResult
+
+__all__ = ["EvaluateProgress", "ExtractProgress", "TrainProgressBar", "results_table"]
 
 
 class ExtractProgress:
@@ -90,3 +98,136 @@ class ExtractProgress:
             table.add_row(k, v)
         Console = type(self.console)
         Console(file=sys.stderr).print(table)
+
+
+class TrainProgressBar:
+    """Context manager: a stderr progress bar (loss, tokens/s, ETA), off when disabled or not a terminal."""
+
+    def __init__(self, *, enabled: bool = True) -> None:
+        from rich.console import Console
+
+        self.console = Console(stderr=True)
+        self.enabled = enabled and self.console.is_terminal
+        self._progress: Any = None
+        self._task: Any = None
+
+    def __enter__(self) -> TrainProgressBar:
+        if self.enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._progress = Progress(
+                TextColumn("training"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[tps]} tok/s"),
+                TextColumn("ETA"), TimeRemainingColumn(), console=self.console, transient=True,
+            )
+            self._progress.__enter__()
+            self._task = self._progress.add_task("train", total=None, loss="–", tps="–")
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(exc_type, exc, tb)
+            self._progress = None
+
+    def update(self, p: TrainProgress) -> None:
+        """``on_progress`` callback of :func:`equal.train.train`."""
+        if self._progress is None:
+            return
+        self._progress.update(self._task, total=p.max_steps, completed=p.step, loss=f"{p.loss:.4f}",
+                              tps=f"{p.tokens_per_second:,.0f}")
+
+    def print_summary(self, r: TrainResult) -> None:
+        """One screen: what was trained on what, the numbers, and where the files are."""
+        from rich.table import Table
+
+        table = Table(show_header=False, box=None, pad_edge=False)
+        table.add_column(style="bold")
+        table.add_column()
+        c, d = r.config, r.data
+        what = f"{c.method} (r={c.lora_r}, alpha={c.lora_alpha})" if c.method == "lora" else "full fine-tune"
+        first = r.loss_curve[0][1] if r.loss_curve else float("nan")
+        rows = [
+            ("model", f"{c.model} ({r.base_model_dir})"),
+            ("method", f"{what}, lr {c.lr:g}, batch {c.batch_size}×{c.grad_accum}, max length {c.max_length}"),
+            ("data", f"{d['records']} records from {d['path'] or 'memory'} (skipped {d['skipped']}, "
+                     f"truncated {d['truncated']})"),
+            ("steps", f"{r.steps}{' (resumed)' if r.resumed else ''} on {r.device}"),
+            ("loss", f"{first:.4f} → {r.final_loss:.4f}"),
+            ("tokens", f"{r.tokens_seen:,} in {r.seconds:.1f} s "
+                       f"({r.tokens_seen / r.seconds if r.seconds else 0:,.0f} tok/s)"),
+            ("FLOPs", f"{r.train_flops:.3g}"),
+            ("weights", r.weights + (f", merged: {r.merged}" if r.merged else "")),
+            ("report", f"{r.out}/report.html"),
+        ]
+        for k, v in rows:
+            table.add_row(k, v)
+        self.console.print(table)
+
+
+_STAGES = {"generate": "generating", "score": "scoring", "execute": "running tests"}
+
+
+class EvaluateProgress:
+    """A rich progress bar per stage (generate, score, execute), shown only on a terminal."""
+
+    def __init__(self, *, enabled: bool = True) -> None:
+        from rich.console import Console
+
+        self.console = Console(stderr=True)
+        self.enabled = enabled and self.console.is_terminal
+        self._progress: Any = None
+        self._tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> EvaluateProgress:
+        if self.enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                      TextColumn("ETA"), TimeRemainingColumn(), console=self.console)
+            self._progress.__enter__()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(exc_type, exc, tb)
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if self._progress is None:
+            return
+        if stage not in self._tasks:
+            self._tasks[stage] = self._progress.add_task(_STAGES.get(stage, stage), total=total)
+        self._progress.update(self._tasks[stage], completed=done, total=total)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    if isinstance(value, list) and len(value) == 2 and all(isinstance(v, float) for v in value):
+        return f"[{value[0]:.4f}, {value[1]:.4f}]"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {v}" for k, v in value.items()) or "–"
+    return "–" if value is None else str(value)
+
+
+def results_table(result: EvalResult) -> Any:
+    """A rich Table of the aggregate (plus model, task and where the results were written)."""
+    from rich.table import Table
+
+    table = Table(title=f"equal evaluate · {result.metric}", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("model", result.model_name or result.model or "predictions")
+    table.add_row("task", f"{result.task} ({result.task_kind}, {len(result.examples)} examples"
+                          + (f", {result.skipped} skipped)" if result.skipped else ")"))
+    for key, value in result.aggregate.items():
+        if key in ("examples", "problems") or (key in ("unpredicted", "failed", "truncated") and not value):
+            continue
+        table.add_row(key, _fmt(value))
+    if result.llm is not None:
+        table.add_row("requests", f"{result.llm.get('sent', 0)} sent, {result.llm.get('hits', 0)} from the cache")
+    table.add_row("seconds", f"{result.seconds:.1f}")
+    if result.out:
+        table.add_row("results", result.out)
+    return table

@@ -12,14 +12,12 @@ from __future__ import annotations
 
 from equal.train._config import TrainConfig, TrainProgress, TrainResult, available_cores
 from equal.train._data import SFTDataset, build_dataset, data_sha256, encode, read_examples
-from equal.train._progress import TrainProgressBar
 from equal.train._trainer import build_trainer, load_tokenizer, model_folder, read_train_json, train, train_flops
 
 __all__ = [
     "SFTDataset",
     "TrainConfig",
     "TrainProgress",
-    "TrainProgressBar",
     "TrainResult",
     "available_cores",
     "build_dataset",
