@@ -21,16 +21,15 @@ import argparse
 import os
 import platform
 import time
-from pathlib import Path
 
 import numpy as np
 
+from _results import write_section
 from equal.data.decontam import NGramIndex
 from equal.data.dedup import exact_dedup, lsh_params, near_dedup, semantic_dedup
 from equal.extract.parse import parse_pairs
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
-BEGIN, END = "<!-- BEGIN bench_dedup -->", "<!-- END bench_dedup -->"
+SECTION = "bench_dedup"
 
 
 def make_corpus(n: int, seed: int = 0, dup_share: float = 0.2) -> list[str]:
@@ -172,15 +171,7 @@ def main() -> None:
     table = "\n".join(rows)
     print(table)
     if not args.no_write:
-        old = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else "# Benchmarks\n"
-        block = f"{BEGIN}\n{table}\n{END}"
-        if BEGIN in old and END in old:
-            new = old[: old.index(BEGIN)] + block + old[old.index(END) + len(END) :]
-        else:
-            new = old.rstrip("\n") + "\n\n" + block + "\n"
-        tmp = RESULTS.with_suffix(".md.tmp")
-        tmp.write_text(new, encoding="utf-8")
-        os.replace(tmp, RESULTS)
+        write_section(SECTION, table)
 
 
 if __name__ == "__main__":

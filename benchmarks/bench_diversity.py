@@ -31,17 +31,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 
+from _results import write_section
 from equal.diversity import novelsum
 from equal.diversity._density import density_weights
 from equal.select import novelselect
 from equal.select._novelselect import novelselect_lazy
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
-BEGIN, END = "<!-- BEGIN bench_diversity -->", "<!-- END bench_diversity -->"
+SECTION = "bench_diversity"
 
 
 def make_embeddings(n: int, d: int, seed: int = 0, n_clusters: int = 256) -> np.ndarray:
@@ -388,24 +387,7 @@ def main() -> None:
     print()
     print(text)
     if not args.no_write:
-        write_section(text)
-
-
-def write_section(text: str) -> None:
-    block = f"{BEGIN}\n{text}\n{END}"
-    if RESULTS.exists():
-        cur = RESULTS.read_text()
-        if BEGIN in cur and END in cur:
-            head, rest = cur.split(BEGIN, 1)
-            _, tail = rest.split(END, 1)
-            new = head + block + tail
-        else:
-            new = cur.rstrip("\n") + "\n\n" + block + "\n"
-    else:
-        new = "# Benchmarks\n\n" + block + "\n"
-    tmp = RESULTS.with_suffix(".md.tmp")
-    tmp.write_text(new)
-    os.replace(tmp, RESULTS)
+        write_section(SECTION, text)
 
 
 if __name__ == "__main__":

@@ -33,27 +33,17 @@ from typing import Any
 
 import numpy as np
 
+from _results import write_section
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 SECTION = "bench_downstream"
 EQUAL = [sys.executable, "-m", "equal.cli"]
 STRATEGIES = ("equal", "random", "all")
-
-
-def write_section(text: str) -> None:
-    begin, end = f"<!-- BEGIN {SECTION} -->", f"<!-- END {SECTION} -->"
-    old = RESULTS.read_text() if RESULTS.exists() else "# Benchmarks\n"
-    block = f"{begin}\n{text.rstrip()}\n{end}"
-    if begin in old and end in old:
-        new = old[: old.index(begin)] + block + old[old.index(end) + len(end):]
-    else:
-        new = old.rstrip() + "\n\n" + block + "\n"
-    RESULTS.write_text(new)
 
 
 def equal_json(*args: str) -> dict[str, Any]:
@@ -126,7 +116,7 @@ def main() -> None:
 
     lines = render(rows, base_nll, args, time.perf_counter() - t_start)
     print("\n".join(lines))
-    write_section("\n".join(lines))
+    write_section(SECTION, "\n".join(lines))
 
 
 def render(rows: list[dict[str, Any]], base_nll: float, args: argparse.Namespace, seconds: float) -> list[str]:

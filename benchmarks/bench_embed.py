@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _results import write_section
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from equal.embed import CachedEmbedder, Embedder, HFEmbedder, SentenceTransformerEmbedder, default_model_path
@@ -55,21 +57,6 @@ def padding_fraction(lengths: np.ndarray, batch_size: int, sort: bool) -> float:
     total = sum(int(seq[s : s + batch_size].max()) * len(seq[s : s + batch_size])
                 for s in range(0, len(seq), batch_size))
     return 1.0 - float(lengths.sum()) / total
-
-
-def write_section(text: str) -> None:
-    begin, end = f"<!-- BEGIN {SECTION} -->", f"<!-- END {SECTION} -->"
-    block = f"{begin}\n{text.rstrip()}\n{end}\n"
-    old = RESULTS.read_text() if RESULTS.exists() else "# Benchmarks\n"
-    if begin in old and end in old:
-        head, rest = old.split(begin, 1)
-        tail = rest.split(end, 1)[1].lstrip("\n")
-        new = head + block + ("\n" + tail if tail else "")
-    else:
-        new = old.rstrip("\n") + "\n\n" + block
-    tmp = RESULTS.with_suffix(".md.tmp")
-    tmp.write_text(new)
-    os.replace(tmp, RESULTS)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -120,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     text = "## Embeddings (equal.embed)\n\n" + "\n".join(lines) + "\n"
     print(text)
     if not args.no_write:
-        write_section(text)
+        write_section(SECTION, text)
         print(f"wrote section '{SECTION}' of {RESULTS}")
 
 

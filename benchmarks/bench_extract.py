@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _results import write_section
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -36,7 +38,6 @@ from equal.report.svg import line_chart
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 SECTION = "bench_extract"
 
 
@@ -58,17 +59,6 @@ def value_at(x: np.ndarray, y: np.ndarray, at: float) -> float:
     """The curve's value after the last round with at most ``at`` requests."""
     idx = np.flatnonzero(x <= at)
     return float(y[idx[-1]]) if len(idx) else float("nan")
-
-
-def write_section(text: str) -> None:
-    begin, end = f"<!-- BEGIN {SECTION} -->", f"<!-- END {SECTION} -->"
-    old = RESULTS.read_text() if RESULTS.exists() else "# Benchmarks\n"
-    block = f"{begin}\n{text.rstrip()}\n{end}"
-    if begin in old and end in old:
-        new = old[: old.index(begin)] + block + old[old.index(end) + len(end):]
-    else:
-        new = old.rstrip() + "\n\n" + block + "\n"
-    RESULTS.write_text(new)
 
 
 def main() -> None:
@@ -181,7 +171,7 @@ k-means order {times['equal-kmeans']:.0f} s, random {times['random']:.0f} s, all
     print(text)
     if not args.no_write:
         svg_path.write_text(chart)
-        write_section(text)
+        write_section(SECTION, text)
 
 
 if __name__ == "__main__":

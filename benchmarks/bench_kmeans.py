@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from _results import write_section
 from equal import ConvergenceWarning, l2_normalize
 from equal.cluster import KMeans, cluster_gaussians, pairwise_frechet
 
@@ -127,21 +128,6 @@ FD_HEADER = ["k", "median cluster size", "full kind", "gaussians full (s)", "pai
              "gaussians diag (s)", "pairwise diag (s)", "median W2² (full)", "corr(full, diag)"]
 
 
-def write_section(text: str) -> None:
-    begin, end = f"<!-- BEGIN {SECTION} -->", f"<!-- END {SECTION} -->"
-    block = f"{begin}\n{text.rstrip()}\n{end}\n"
-    old = RESULTS.read_text() if RESULTS.exists() else "# Benchmarks\n"
-    if begin in old and end in old:
-        head, rest = old.split(begin, 1)
-        tail = rest.split(end, 1)[1].lstrip("\n")
-        new = head + block + ("\n" + tail if tail else "")
-    else:
-        new = old.rstrip("\n") + "\n\n" + block
-    tmp = RESULTS.with_suffix(".md.tmp")
-    tmp.write_text(new)
-    os.replace(tmp, RESULTS)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller run (20k points, k = 20 / 200)")
@@ -188,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
     ])
     print(text)
     if not args.no_write:
-        write_section(text)
+        write_section(SECTION, text)
         print(f"wrote section '{SECTION}' of {RESULTS}")
 
 

@@ -25,7 +25,8 @@ import os
 import platform
 import time
 import zlib
-from pathlib import Path
+
+from _results import write_section
 
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
@@ -35,7 +36,6 @@ import numpy as np  # noqa: E402
 from equal.data.dedup import NearDupIndex, near_dedup  # noqa: E402
 from equal.ot import RunningDistance, distance  # noqa: E402
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
 SECTION = "bench_loop"
 DIM = 384
 
@@ -76,19 +76,6 @@ def hashed_embed(texts: list[str]) -> np.ndarray:
         np.add.at(X[i], h % DIM, np.where((h >> 20) & 1, 1.0, -1.0))
     X /= np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
     return X
-
-
-def write_section(text: str) -> None:
-    begin, end = f"<!-- BEGIN {SECTION} -->", f"<!-- END {SECTION} -->"
-    old = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else "# Benchmarks\n"
-    block = f"{begin}\n{text.rstrip()}\n{end}"
-    if begin in old and end in old:
-        new = old[: old.index(begin)] + block + old[old.index(end) + len(end) :]
-    else:
-        new = old.rstrip() + "\n\n" + block + "\n"
-    tmp = RESULTS.with_suffix(".md.tmp")
-    tmp.write_text(new, encoding="utf-8")
-    os.replace(tmp, RESULTS)
 
 
 def main() -> None:
@@ -203,7 +190,7 @@ Python {platform.python_version()}, numpy {np.__version__}.
 Run: `python benchmarks/bench_loop.py` (`--quick` stops at 10^4 kept pairs).
 """
     if not args.no_write:
-        write_section(text)
+        write_section(SECTION, text)
 
 
 if __name__ == "__main__":

@@ -26,16 +26,15 @@ import platform
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from _results import write_section
 from equal import ConvergenceWarning, l2_normalize
 from equal.ot import cost_matrix, distance, distance_batch, ipot, sinkhorn
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
-BEGIN, END = "<!-- BEGIN bench_ot -->", "<!-- END bench_ot -->"
+SECTION = "bench_ot"
 
 BROADCAST_MAX_BYTES = 2 << 30
 """Above this the broadcast (n, m, d) float32 difference array is timed on a row block and scaled up."""
@@ -291,7 +290,7 @@ def main() -> None:
     print()
     print(text)
     if not args.no_write:
-        write_section(text)
+        write_section(SECTION, text)
 
 
 RECOMMENDATION = """\
@@ -316,23 +315,6 @@ Which method when (CPU, this machine):
   biased by 1.5–5% at reg = 0.01–0.05 on unit-vector costs, and shrinking reg multiplies the iterations
   (POT's plain version does not converge in its default 1000 iterations at reg=0.01); `equal.ot.sinkhorn`
   is stabilised, so a small reg is slow but never NaN."""
-
-
-def write_section(text: str) -> None:
-    block = f"{BEGIN}\n{text}\n{END}"
-    if RESULTS.exists():
-        cur = RESULTS.read_text()
-        if BEGIN in cur and END in cur:
-            head, rest = cur.split(BEGIN, 1)
-            _, tail = rest.split(END, 1)
-            new = head + block + tail
-        else:
-            new = cur.rstrip("\n") + "\n\n" + block + "\n"
-    else:
-        new = "# Benchmarks\n\n" + block + "\n"
-    tmp = RESULTS.with_suffix(".md.tmp")
-    tmp.write_text(new)
-    os.replace(tmp, RESULTS)
 
 
 if __name__ == "__main__":

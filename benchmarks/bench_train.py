@@ -31,8 +31,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
-BEGIN, END = "<!-- BEGIN bench_train -->", "<!-- END bench_train -->"
+from _results import write_section
+
+SECTION = "bench_train"
 DATA = Path(__file__).resolve().parent.parent / "examples" / "target.jsonl"
 
 
@@ -179,15 +180,7 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     if not args.no_write:
-        old = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else "# Benchmarks\n"
-        block = f"{BEGIN}\n{table}\n{END}"
-        if BEGIN in old and END in old:
-            new = old[: old.index(BEGIN)] + block + old[old.index(END) + len(END):]
-        else:
-            new = old.rstrip("\n") + "\n\n" + block + "\n"
-        tmp = RESULTS.with_suffix(".md.tmp")
-        tmp.write_text(new, encoding="utf-8")
-        os.replace(tmp, RESULTS)
+        write_section(SECTION, table)
 
 
 if __name__ == "__main__":
