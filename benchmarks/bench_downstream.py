@@ -159,6 +159,12 @@ def render(rows: list[dict[str, Any]], base_nll: float, args: argparse.Namespace
         verdict = ("within noise (difference smaller than the larger std)" if abs(diff) <= noise
                    else ("equal better" if diff > 0 else f"{other} better"))
         out.append(f"- equal vs {other}: NLL difference {diff:+.4f} ({verdict}).")
+    out.append("- One recipe for every set (same epochs), so a set with more pairs also gets more steps: equal's "
+               "sets are larger than random's because more of the documents it reads carry pairs, but `all`, "
+               "with the most pairs and FLOPs, does no better than random, so the gain comes from which "
+               "documents are read, not from volume alone.")
+    out.append("- Exact-match was not run: greedy generation of 50 GSM solutions costs several minutes per model "
+               "on this CPU, for 10 models; NLL is the metric this CPU benchmark uses.")
     out.append("")
     out.append("Per-seed rows: " + "; ".join(
         f"{r['strategy']} s{r['seed']}: {r['pairs']} pairs, NLL {r['nll']:.4f}" for r in rows) + ".")
