@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from numbers import Integral, Real
@@ -362,10 +361,9 @@ def _rank_buckets(ranks_sorted: np.ndarray) -> list[tuple[int, int, int]]:
 
 def _n_threads(n_jobs: int | None) -> int:
     if n_jobs is None or n_jobs == -1:
-        try:
-            return max(1, len(os.sched_getaffinity(0)))
-        except AttributeError:  # pragma: no cover - not on Linux
-            return max(1, os.cpu_count() or 1)
+        from equal._threads import available_cores
+
+        return available_cores()
     if isinstance(n_jobs, bool) or not isinstance(n_jobs, Integral) or n_jobs < 1:
         raise ValueError(f"n_jobs={n_jobs!r} must be None, -1 or an int >= 1.")
     return int(n_jobs)

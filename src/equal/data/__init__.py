@@ -19,7 +19,7 @@ from equal.data.io import (
 )
 from equal.data.qa import QAPair, qa_id
 from equal.data.readers import DocumentStream, iter_documents, read_documents
-from equal.data.records import MAX_ERRORS, Document, ReadResult, SFTReadResult, content_hash, derived_id
+from equal.data.records import MAX_ERRORS, Document, ReadResult, SFTReadResult, Skips, content_hash, derived_id
 from equal.data.sft import (
     FORMATS,
     SFTFormat,
@@ -41,6 +41,7 @@ __all__ = [
     "ReadResult",
     "SFTFormat",
     "SFTReadResult",
+    "Skips",
     "append_jsonl",
     "approx_token_count",
     "atomic_path",

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from equal.data._sources import DOCUMENT_SUFFIXES, Loc, error, iter_files, rows, type_name
-from equal.data.records import MAX_ERRORS, Document, ReadResult, derived_id
+from equal.data.records import Document, ReadResult, Skips, derived_id
 from equal.errors import DataError
 
 __all__ = ["DocumentStream", "iter_documents", "read_documents"]
@@ -86,10 +86,17 @@ class DocumentStream(Iterator[Document]):
         if isinstance(meta_fields, str):
             raise ValueError(f"meta_fields={meta_fields!r} must be a sequence of field names, not a string.")
         self.path = str(path)
-        self.skipped = 0
-        self.errors: list[str] = []
+        self._skips = Skips(bool(skip_invalid))
         self._files = iter_files(Path(path), DOCUMENT_SUFFIXES)
-        self._gen = self._generate(text_field, id_field, bool(skip_invalid), tuple(meta_fields))
+        self._gen = self._generate(text_field, id_field, tuple(meta_fields))
+
+    @property
+    def skipped(self) -> int:
+        return self._skips.count
+
+    @property
+    def errors(self) -> list[str]:
+        return self._skips.errors
 
     def __iter__(self) -> DocumentStream:
         return self
@@ -98,7 +105,7 @@ class DocumentStream(Iterator[Document]):
         return next(self._gen)
 
     def _generate(
-        self, text_field: str, id_field: str | None, skip_invalid: bool, meta_fields: tuple[str, ...]
+        self, text_field: str, id_field: str | None, meta_fields: tuple[str, ...]
     ) -> Iterator[Document]:
         seen: set[str] = set()
         columns = [text_field, *([id_field] if id_field else []), *meta_fields]
@@ -119,11 +126,7 @@ class DocumentStream(Iterator[Document]):
                         )
                     seen.add(doc.id)
                 except DataError as exc:
-                    if not skip_invalid:
-                        raise
-                    self.skipped += 1
-                    if len(self.errors) < MAX_ERRORS:
-                        self.errors.append(str(exc))
+                    self._skips.add(exc)
                     continue
                 yield doc
         if self.skipped:

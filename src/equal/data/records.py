@@ -6,10 +6,37 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["MAX_ERRORS", "Document", "ReadResult", "SFTReadResult", "content_hash", "derived_id"]
+from equal.errors import DataError
+
+__all__ = ["MAX_ERRORS", "Document", "ReadResult", "SFTReadResult", "Skips", "content_hash", "derived_id"]
 
 #: How many error messages a reader keeps when ``skip_invalid=True`` (all skips are still counted).
 MAX_ERRORS = 100
+
+
+@dataclass
+class Skips:
+    """What ``--skip-invalid`` does with a bad row, in one place for every reader.
+
+    ``add(exc)`` raises ``exc`` unless ``skip_invalid``; then it counts the row and keeps its message (the
+    first :data:`MAX_ERRORS` of them).
+    """
+
+    skip_invalid: bool
+    count: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def add(self, exc: DataError) -> None:
+        if not self.skip_invalid:
+            raise exc
+        self.count += 1
+        if len(self.errors) < MAX_ERRORS:
+            self.errors.append(str(exc))
+
+    @property
+    def first_error(self) -> str:
+        """``"; first error: ..."`` for a "nothing valid" message, or ``""`` when nothing was skipped."""
+        return f"; first error: {self.errors[0]}" if self.errors else ""
 
 
 def content_hash(text: str) -> str:

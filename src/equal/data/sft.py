@@ -23,7 +23,7 @@ from typing import Any, Literal, cast
 
 from equal.data._sources import SFT_SUFFIXES, error, iter_files, rows, type_name
 from equal.data.io import atomic_path
-from equal.data.records import MAX_ERRORS, SFTReadResult
+from equal.data.records import SFTReadResult, Skips
 from equal.errors import DataError
 
 __all__ = [
@@ -357,8 +357,7 @@ def read_sft(
     detect = want is None
     files = iter_files(Path(path), SFT_SUFFIXES)
     records: list[dict[str, Any]] = []
-    errors: list[str] = []
-    skipped = 0
+    skips = Skips(skip_invalid)
     first: str | None = None  # where the detected format came from
     for file in files:
         for loc, value in rows(file):
@@ -379,18 +378,14 @@ def read_sft(
                 except DataError as exc:
                     raise error(loc, str(exc), exc.field, prefix=False) from None
             except DataError as exc:
-                if not skip_invalid:
-                    raise
-                skipped += 1
-                if len(errors) < MAX_ERRORS:
-                    errors.append(str(exc))
+                skips.add(exc)
                 continue
             records.append(value)
     if not records:
-        detail = f"; first error: {errors[0]}" if errors else ""
-        raise DataError(f"no valid SFT records{detail}", path=str(path))
+        raise DataError(f"no valid SFT records{skips.first_error}", path=str(path))
     fmt_found = cast(str, want)
-    return SFTReadResult(records=records, format=fmt_found, skipped=skipped, errors=errors, path=str(path))
+    return SFTReadResult(records=records, format=fmt_found, skipped=skips.count, errors=skips.errors,
+                         path=str(path))
 
 
 def _convert(record: Any, fmt: str) -> dict[str, Any]:

@@ -8,22 +8,15 @@ thread with multi-threaded BLAS leaves all but one core idle during the sort.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
+from equal._threads import available_cores
+
 T = TypeVar("T")
 
 __all__ = ["available_cores", "blas_single_thread", "map_blocks"]
-
-
-def available_cores() -> int:
-    """Number of CPU cores this process may run on (at least 1)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 @contextlib.contextmanager

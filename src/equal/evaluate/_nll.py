@@ -14,44 +14,23 @@ is scored as far as the window allows; such examples are counted as truncated.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from equal._threads import torch_threads
 from equal.errors import ConfigError
 
-__all__ = ["NLLScores", "available_cores", "nll_scores", "score_tokens", "torch_threads"]
+__all__ = ["NLLScores", "nll_scores", "score_tokens"]
 
 logger = logging.getLogger(__name__)
 
 _DTYPES = ("float32", "float64", "bfloat16", "float16")
-
-
-def available_cores() -> int:
-    """Cores this process may run on (its CPU affinity where the OS has one)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - macOS and Windows have no affinity call
-        return max(1, os.cpu_count() or 1)
-
-
-@contextlib.contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """Run torch's CPU ops on ``n`` threads (default: the available cores), then restore the setting."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(max(1, n or available_cores()))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @dataclass(frozen=True)

@@ -35,9 +35,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from equal._threads import available_cores, torch_threads
 from equal.errors import ConfigError, DataError
 from equal.evaluate._answers import answers_match, extract_answer
-from equal.evaluate._nll import available_cores, nll_scores, torch_threads
+from equal.evaluate._nll import nll_scores
 from equal.evaluate._passk import extract_code, humaneval_program, pass_at_k, wilson_interval
 from equal.evaluate._tasks import METRICS, Example, Task, load_predictions, load_task
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from equal.data import MAX_ERRORS, to_messages
+from equal.data import Skips, to_messages
 from equal.data._sources import SFT_SUFFIXES, Loc, error, iter_files, rows
 from equal.errors import DataError
 from equal.evaluate._answers import extract_answer
@@ -203,8 +203,7 @@ def load_task(
         raise ValueError(f"metric={metric!r} must be one of {', '.join(METRICS)}.")
     path = humaneval_path() if str(task).lower() == "humaneval" else Path(task)
     examples: list[Example] = []
-    errors: list[str] = []
-    skipped = 0
+    skips = Skips(skip_invalid)
     kind: str | None = None
     seen: dict[str, str] = {}
     for file in iter_files(path, SFT_SUFFIXES):
@@ -227,19 +226,14 @@ def load_task(
                     raise error(loc, f"duplicate id {ex.id!r} (first at {seen[ex.id]})", "id")
                 seen[ex.id] = where
             except DataError as exc:
-                if not skip_invalid:
-                    raise
-                skipped += 1
-                if len(errors) < MAX_ERRORS:
-                    errors.append(str(exc))
+                skips.add(exc)
                 continue
             examples.append(ex)
     if not examples:
-        detail = f"; first error: {errors[0]}" if errors else ""
-        raise DataError(f"no valid examples{detail}", path=str(path))
-    if skipped:
-        logger.warning("skipped %d invalid rows of %s", skipped, path)
-    return Task(examples=examples, kind=kind or "sft", path=str(path), skipped=skipped, errors=errors)
+        raise DataError(f"no valid examples{skips.first_error}", path=str(path))
+    if skips.count:
+        logger.warning("skipped %d invalid rows of %s", skips.count, path)
+    return Task(examples=examples, kind=kind or "sft", path=str(path), skipped=skips.count, errors=skips.errors)
 
 
 def load_predictions(path: str | Path, examples: Sequence[Example]) -> dict[str, list[str]]:

@@ -80,6 +80,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from equal._threads import available_cores
 from equal.errors import ConfigError
 
 __all__ = [
@@ -813,13 +814,6 @@ def run_program(
     return _run(code, limits, plan, tmp_root)
 
 
-def _default_workers() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
-
-
 def run_programs(
     codes: Sequence[str],
     *,
@@ -851,7 +845,7 @@ def run_programs(
     codes = list(codes)
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise ConfigError(f"sandbox.workers={workers!r} must be an integer >= 1 or None.")
-    n = min(workers or _default_workers(), max(len(codes), 1))
+    n = min(workers or available_cores(), max(len(codes), 1))
     limits = SandboxLimits() if limits is None else limits
     _resolve(isolation)  # probe once, before the threads start
     if n == 1:

@@ -10,7 +10,7 @@ torch, transformers, peft and trl are imported only when a function needs them.
 
 from __future__ import annotations
 
-from equal.train._config import TrainConfig, TrainProgress, TrainResult, available_cores
+from equal.train._config import TrainConfig, TrainProgress, TrainResult
 from equal.train._data import SFTDataset, build_dataset, data_sha256, encode, read_examples
 from equal.train._trainer import build_trainer, load_tokenizer, model_folder, read_train_json, train, train_flops
 
@@ -19,7 +19,6 @@ __all__ = [
     "TrainConfig",
     "TrainProgress",
     "TrainResult",
-    "available_cores",
     "build_dataset",
     "build_trainer",
     "data_sha256",

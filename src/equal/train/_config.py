@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from equal._threads import available_cores
 from equal.errors import ConfigError
 
-__all__ = ["IDENTITY_EXCLUDED", "METHODS", "TrainConfig", "TrainProgress", "TrainResult", "available_cores"]
+__all__ = ["IDENTITY_EXCLUDED", "METHODS", "TrainConfig", "TrainProgress", "TrainResult"]
 
 METHODS = ("lora", "full")
 
@@ -19,14 +19,6 @@ _DEFAULT_LR = {"lora": 2e-4, "full": 2e-5}
 
 #: Fields that do not change what is trained, so a rerun may change them on an existing CKPT.
 IDENTITY_EXCLUDED = frozenset({"threads", "merge", "save_steps", "skip_invalid"})
-
-
-def available_cores() -> int:
-    """Cores this process may run on (``len(os.sched_getaffinity(0))``, ``os.cpu_count()`` elsewhere)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - macOS and Windows have no affinity call
-        return max(1, os.cpu_count() or 1)
 
 
 def _int(name: str, value: object, lo: int) -> int:

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from equal.data import MAX_ERRORS, detect_format, to_messages
+from equal.data import Skips, detect_format, to_messages
 from equal.data._sources import SFT_SUFFIXES, Loc, error, iter_files, rows
 from equal.errors import DataError
 
@@ -148,17 +148,7 @@ def read_examples(
         A malformed record (``train.jsonl:7: field "messages[1].role": ...``) unless skipped; nothing to read.
     """
     examples: list[Example] = []
-    errors: list[str] = []
-    skipped = 0
-
-    def bad(exc: DataError) -> None:
-        nonlocal skipped
-        if not skip_invalid:
-            raise exc
-        skipped += 1
-        if len(errors) < MAX_ERRORS:
-            errors.append(str(exc))
-
+    skips = Skips(skip_invalid)
     if isinstance(data, (str, os.PathLike)):
         root = Path(data)
         if is_run_dir(root):
@@ -178,20 +168,20 @@ def read_examples(
                     except DataError as exc:
                         raise error(loc, str(exc), exc.field, prefix=False) from None
                 except DataError as exc:
-                    bad(exc)
+                    skips.add(exc)
                     continue
                 examples.append(Example(msgs, loc, len(examples), _turns_field(value)))
-        return examples, str(root), skipped, errors
+        return examples, str(root), skips.count, skips.errors
     if isinstance(data, (bytes, dict)) or not isinstance(data, Sequence):
         raise DataError(f"expected a path or a list of SFT records, got {type(data).__name__}")
     for i, record in enumerate(data):
         try:
             msgs = to_messages(record)
         except DataError as exc:
-            bad(DataError(f"records[{i}]: {exc}", field=exc.field))
+            skips.add(DataError(f"records[{i}]: {exc}", field=exc.field))
             continue
         examples.append(Example(msgs, None, i, _turns_field(record)))
-    return examples, None, skipped, errors
+    return examples, None, skips.count, skips.errors
 
 
 def data_sha256(conversations: Sequence[Sequence[dict[str, str]]]) -> str:
@@ -275,6 +265,7 @@ def build_dataset(
         or whose assistant turns all start past ``max_length``, unless skipped; nothing left after skipping.
     """
     examples, path, skipped, errors = read_examples(data, skip_invalid=skip_invalid)
+    skips = Skips(skip_invalid, skipped, errors)  # records that cannot be trained on count beside bad rows
     where = path if path is not None else "records"
     if not examples and not skipped:
         raise DataError("no SFT records: the data is empty", path=where)
@@ -295,12 +286,7 @@ def build_dataset(
                     problem = (f"the prompt fills max_length={max_length} tokens: no assistant token is left "
                                "to train on (raise --max-length)")
         if problem is not None:
-            exc = ex.error(problem)
-            if not skip_invalid:
-                raise exc
-            skipped += 1
-            if len(errors) < MAX_ERRORS:
-                errors.append(str(exc))
+            skips.add(ex.error(problem))
             continue
         truncated += cut
         input_ids.append(ids)
@@ -310,7 +296,6 @@ def build_dataset(
         logger.info("%d of %d records were longer than max_length=%d tokens and were truncated",
                     truncated, len(kept), max_length)
     if not kept:
-        detail = f"; first error: {errors[0]}" if errors else ""
-        raise DataError(f"no trainable SFT records{detail}", path=where)
+        raise DataError(f"no trainable SFT records{skips.first_error}", path=where)
     return SFTDataset(input_ids=input_ids, labels=labels, path=path, sha256=data_sha256(kept), records=len(kept),
-                      skipped=skipped, truncated=truncated, errors=errors)
+                      skipped=skips.count, truncated=truncated, errors=skips.errors)

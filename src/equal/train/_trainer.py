@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from equal._threads import torch_threads
 from equal.data.io import atomic_write_json, atomic_write_text
 from equal.errors import ConfigError, DataError
 from equal.train._config import TrainConfig, TrainProgress, TrainResult
@@ -208,21 +209,6 @@ def _quiet() -> Iterator[None]:
             if ds_bars:
                 ds_logging.enable_progress_bar()
         trl_logger.setLevel(trl_level)
-
-
-@contextlib.contextmanager
-def _threads(n: int) -> Iterator[None]:
-    """torch uses ``n`` threads; numpy's BLAS pool is held at 1 so the two never oversubscribe the cores."""
-    import torch
-    from threadpoolctl import threadpool_limits
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        with threadpool_limits(limits=1, user_api="blas"):
-            yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _complete_checkpoints(folder: Path) -> list[Path]:
@@ -507,7 +493,7 @@ def train(
         prior_seconds = float((cb_state.get("attributes") or {}).get("seconds", 0.0))
         logger.info("resuming %s from %s", out, resume.name)
 
-    with _threads(int(config.threads)), _quiet():  # type: ignore[arg-type]
+    with torch_threads(int(config.threads)), _quiet():  # type: ignore[arg-type]
         callback = _callback(on_progress, prior_seconds)
         trainer = build_trainer(config, base_dir, tokenizer, dataset, out, callbacks=[callback], cuda=cuda)
         trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
