@@ -199,7 +199,8 @@ def test_cli_runtime_errors_are_one_line(monkeypatch: pytest.MonkeyPatch, capsys
     (tmp_path / "file").write_text("x")
     code, out, err = _cli(monkeypatch, capsys, "extract", "--corpus", "c.jsonl", "--target", "t.jsonl",
                           "--budget-docs", "4", "--out", tmp_path / "file", "--json")
-    assert code == 1 and out == "" and err.count("\n") == 1 and "is a file" in err
+    # an --out that cannot be a run directory is a wrong option value: a usage error
+    assert code == 2 and out == "" and err.count("\n") == 1 and "is a file" in err
     code, _, err = _cli(monkeypatch, capsys, "-v", "extract", "--corpus", "c.jsonl", "--target", "t.jsonl",
                         "--budget-docs", "4", "--out", tmp_path / "file")
-    assert code == 1 and "Traceback" in err and err.rstrip().endswith("(or not exist)")
+    assert code == 2 and "Traceback" in err and err.rstrip().endswith("(or not exist)")

@@ -369,7 +369,7 @@ def test_cli_usage_errors(monkeypatch: pytest.MonkeyPatch, capsys: pytest.Captur
     assert code == 2
     code, _, err = run_cli(monkeypatch, capsys, "evaluate", "bundled", "--task", "humaneval", "--metric",
                            "pass@k", "--k", "1,10", "--samples", "5")
-    assert code == 1 and err.startswith("error: evaluate.k=1,10")
+    assert code == 2 and err.startswith("error: evaluate.k=1,10")  # a setting out of range: a usage error
 
 
 @needs_model

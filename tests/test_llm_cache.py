@@ -64,3 +64,48 @@ def test_ledger_round_trip_and_unknowns() -> None:
         Ledger(tokens_in=-1)
     with pytest.raises(ValueError, match="n_params='big'"):
         Ledger(n_params="big")  # type: ignore[arg-type]
+
+
+def test_ledger_counts_failures_by_reason_and_estimates() -> None:
+    ledger = Ledger()
+    ledger.add([
+        Completion(text=None, error="HTTP 500", extra={"reason": "http_500"}),
+        Completion(text=None, error="empty", extra={"reason": "empty_content"}),
+        Completion(text=None, error="empty", extra={"reason": "empty_content"}),
+        Completion(text=None, error="no reason given"),
+        Completion(text="a", tokens_in=3, tokens_out=1, extra={"tokens_estimated": True}),
+        Completion(text="b", tokens_in=3, tokens_out=1, cached=True, extra={"tokens_estimated": True}),
+    ])
+    assert ledger.failed == 4 and ledger.failures == {"http_500": 1, "empty_content": 2, "error": 1}
+    assert ledger.tokens_estimated == 1  # the cached one cost nothing this time
+    d = json.loads(json.dumps(ledger.to_dict()))
+    assert list(d["failures"]) == ["empty_content", "error", "http_500"]
+    assert Ledger.from_dict(d) == ledger
+    with pytest.raises(ValueError, match="failures="):
+        Ledger(failures={"x": -1})
+
+
+def test_redact_url() -> None:
+    from equal._redact import is_redacted, redact_text, redact_url, resolve_url
+
+    assert redact_url("http://user:SECRET@host:8000/v1") == "http://user:***@host:8000/v1"
+    assert redact_url("https://TOKEN@host/v1") == "https://***@host/v1"
+    assert redact_url("http://h/v1?api_key=K&model=m&token=T") == "http://h/v1?api_key=***&model=m&token=***"
+    assert redact_url("http://h/v1?x-api-key=K") == "http://h/v1?x-api-key=***"
+    assert redact_url("http://127.0.0.1:8000/v1") == "http://127.0.0.1:8000/v1"
+    assert redact_url("not a url") == "not a url"
+    text = "failed: ConnectError for http://u:SECRET@h/v1/chat and 'https://h/?key=K2'"
+    assert "SECRET" not in redact_text(text) and "K2" not in redact_text(text) and "http://u:***@h" in redact_text(text)
+    assert is_redacted("http://u:***@h/v1") and not is_redacted("http://u:pw@h/v1")
+    assert resolve_url("http://u:pw@h/v1") == "http://u:pw@h/v1"
+
+
+def test_redacted_url_is_resolved_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from equal._redact import resolve_url
+    from equal.errors import ConfigError
+
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    monkeypatch.setenv("EQUAL_BASE_URL", "http://u:REAL@h/v1")
+    assert resolve_url("http://u:***@h/v1") == "http://u:REAL@h/v1"
+    with pytest.raises(ConfigError, match=r"secret masked.*--base-url"):
+        resolve_url("http://u:***@other/v1")

@@ -215,12 +215,25 @@ def test_connection_refused_is_retried_then_fails() -> None:
 
 
 def test_malformed_200_is_a_failure_not_an_empty_answer(server: Scripted) -> None:
-    server.script = [(200, {}, "not json"), (200, {}, '{"choices": [{"message": {"content": null}}]}')]
-    llm = OpenAILLM("m", base_url=server.url, max_retries=3, concurrency=1)
-    out = llm.generate([_req("a"), _req("b")], P)
-    assert [c.text for c in out] == [None, None]
-    assert "malformed response" in (out[0].error or "") and "no message content" in (out[1].error or "")
-    assert len(server.log) == 2
+    bad = [(200, {}, "not json"), (200, {}, '{"choices": [{"message": {"content": null}}]}'),
+           (200, {}, '{"choices": []}'), (200, {}, '{"error": {"message": "overloaded"}}'),
+           (200, {}, '{"choices": [{"message": {"content": "  "}, "finish_reason": "stop"}]}')]
+    server.script = list(bad)
+    llm = OpenAILLM("m", base_url=server.url, max_retries=0, concurrency=1)
+    out = [llm.generate([_req(q)], P)[0] for q in "abcde"]  # one by one: the script order is fixed
+    assert [c.text for c in out] == [None] * 5
+    assert [c.extra["reason"] for c in out] == ["malformed_json", "null_content", "empty_choices", "error_body",
+                                                "empty_content"]
+    assert "not JSON" in (out[0].error or "") and "no message content" in (out[1].error or "")
+    assert len(server.log) == 5 and llm.stats()["failed"] == 5
+    # Retried like a transport error: each unusable 200 is followed by a real answer.
+    llm = OpenAILLM("m", base_url=server.url, max_retries=1, backoff_base=0.01, concurrency=1)
+    again = []
+    for q, answer in zip("abcde", bad, strict=True):
+        server.script = [answer]
+        again.append(llm.generate([_req(q)], P)[0])
+    assert [c.text for c in again] == [f"echo: {q}" for q in "abcde"]
+    assert all(c.extra["attempts"] == 2 for c in again) and llm.stats()["retries"] == 5
 
 
 def test_api_key_never_leaks(

@@ -172,9 +172,10 @@ def test_cached_local_model_is_not_called_again(llm: LocalLLM, batched: list, tm
 
 def test_get_llm_local(cache_dir: Path) -> None:
     gguf = bundled_gguf_path()
-    a = get_llm("local", weights_cache_dir=cache_dir)
-    b = get_llm("local", model_path=gguf, batch_size=2)
-    c = get_llm("local", model=str(gguf))
+    # a .gguf file runs on llama.cpp unless transformers is asked for (tests/test_llm_llamacpp.py)
+    a = get_llm("local", backend="transformers", weights_cache_dir=cache_dir)
+    b = get_llm("local", backend="transformers", model_path=gguf, batch_size=2)
+    c = get_llm("local", backend="transformers", model=str(gguf))
     assert isinstance(a, LocalLLM) and a.model == b.model == c.model and b.batch_size == 2
     with pytest.raises(ValueError, match="base_url"):
         get_llm("local", base_url="http://127.0.0.1:1/v1")

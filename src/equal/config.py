@@ -75,6 +75,7 @@ DOC_ORDERS = ("random", "sequential")
 TARGET_FORMATS = ("auto", "sft", "text")
 EXTRACTORS = ("llm", "rules")
 LLM_KINDS = ("local", "openai")
+LOCAL_BACKENDS = ("auto", "llama.cpp", "transformers")
 PROMPT_STYLES = ("auto", "json", "lines")
 DEFAULT_FILTERS = ("exact", "near", "quality", "decontam")
 
@@ -84,7 +85,9 @@ def _opt(help: str, *, fingerprint: bool = True, choices: tuple[str, ...] = ()) 
 
 
 def _bad(section: str, key: str, value: object, rule: str) -> ConfigError:
-    return ConfigError(f"{section}.{key}={value!r}: {rule}")
+    from equal._redact import redact_text
+
+    return ConfigError(redact_text(f"{section}.{key}={value!r}: {rule}"))
 
 
 def _check_choices(section: str, obj: object) -> None:
@@ -145,7 +148,31 @@ class RunConfig:
 
 @dataclass(frozen=True)
 class EmbedConfig:
+    """The embedder, and EQUAL's warm-up: contrastive alignment on the pairs of the first documents read."""
+
     embedder: str = field(default="minilm", metadata=_opt("Embedder (see `equal embed --help`)."))
+    warmup_docs: int = field(default=0, metadata=_opt(
+        "Warm-up: read this many seeded random documents first (counted in the budget), align the embedder "
+        "on their pairs (`equal align`), then embed and cluster with it (EQUAL); 0: off."))
+    warmup_epochs: float = field(default=1.0, metadata=_opt("Warm-up alignment: passes over the pairs."))
+    warmup_batch_size: int = field(default=16, metadata=_opt("Warm-up alignment: rows per step."))
+    warmup_lr: float = field(default=5e-5, metadata=_opt("Warm-up alignment: peak learning rate."))
+    warmup_temperature: float = field(default=0.02, metadata=_opt("Warm-up alignment: InfoNCE temperature."))
+    warmup_hard_negatives: int = field(default=15, metadata=_opt(
+        "Warm-up alignment: mined hard negatives per pair (0: in-batch negatives only)."))
+    warmup_negative_range: str = field(default="2-200", metadata=_opt(
+        "Warm-up alignment: ranks the hard negatives are drawn from, MIN-MAX."))
+
+    def __post_init__(self) -> None:
+        _check_min("embed", self, ("warmup_docs", "warmup_hard_negatives"), low=0)
+        _check_min("embed", self, ("warmup_batch_size",), low=2)
+        for name in ("warmup_epochs", "warmup_lr", "warmup_temperature"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise _bad("embed", name, value, "must be > 0")
+        from equal.align._config import parse_negative_range
+
+        parse_negative_range(self.warmup_negative_range, key="embed.warmup_negative_range")
 
 
 @dataclass(frozen=True)
@@ -241,12 +268,25 @@ class LLMConfig:
     temperature: float = field(default=0.0, metadata=_opt("Sampling temperature."))
     concurrency: int = field(default=8, metadata=_opt("Parallel requests (openai).", fingerprint=False))
     batch_size: int = field(default=8, metadata=_opt("Prompts per batch (local).", fingerprint=False))
+    deadline_s: float = field(default=600.0, metadata=_opt(
+        "Seconds one request may take in all, retries included (openai).", fingerprint=False))
+    tokenizer: str | None = field(default=None, metadata=_opt(
+        "Tokenizer (folder, hub name or .gguf) counting tokens when the server sends no usage; "
+        "default: estimate chars/4 (openai).", fingerprint=False))
+    backend: str = field(default="auto", metadata=_opt(
+        "Local engine: auto (llama.cpp for a .gguf file, transformers for a model folder), llama.cpp or "
+        "transformers.", choices=LOCAL_BACKENDS))
+    threads: int | None = field(default=None, metadata=_opt(
+        "CPU threads of a local model (default: llama.cpp half the cores, transformers all).", fingerprint=False))
 
     def __post_init__(self) -> None:
         _check_choices("llm", self)
-        _check_min("llm", self, ("max_tokens", "concurrency", "batch_size"))
+        _check_min("llm", self, ("max_tokens", "concurrency", "batch_size", "threads"))
         if self.temperature < 0:
             raise _bad("llm", "temperature", self.temperature, "must be >= 0")
+        if isinstance(self.deadline_s, bool) or not isinstance(self.deadline_s, (int, float)) \
+                or not self.deadline_s > 0:
+            raise _bad("llm", "deadline_s", self.deadline_s, "must be > 0 seconds")
 
 
 SECTIONS: dict[str, type] = {
@@ -309,6 +349,10 @@ class ExtractConfig:
         for name, cls in SECTIONS.items():
             if not isinstance(getattr(self, name), cls):
                 raise ConfigError(f"{name}: expected a {cls.__name__}, got {type(getattr(self, name)).__name__}")
+        warm, budget = self.embed.warmup_docs, self.run.budget_docs
+        if warm and budget is not None and warm >= budget:
+            raise _bad("embed", "warmup_docs", self.embed.warmup_docs,
+                       f"must be < run.budget_docs={self.run.budget_docs} (the warm-up is part of the budget)")
         if self.llm.llm == "openai" and self.extract.extractor == "llm" and not (self.llm.base_url and self.llm.model):
             raise _bad("llm", "base_url", self.llm.base_url, "--llm openai needs --base-url and --model")
         from equal.pipeline.registry import resolve_params
@@ -409,6 +453,11 @@ class ExtractConfig:
     # ---------------------------------------------------------------- fingerprint
     def _result_settings(self) -> dict[str, Any]:
         data = self.to_dict()
+        if data["llm"].get("base_url"):
+            # run.toml holds the URL with its secret masked: compare the masked forms on both sides
+            from equal._redact import redact_url
+
+            data["llm"]["base_url"] = redact_url(data["llm"]["base_url"])
         for name, sec_cls in SECTIONS.items():
             for f in _section_fields(sec_cls):
                 if not f.metadata.get("fingerprint", True):
@@ -487,7 +536,10 @@ def _toml_value(value: object) -> str:
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)  # JSON string escapes are valid TOML basic-string escapes
+        from equal._redact import redact_text
+
+        # no secret of a URL (user:password@, ?api_key=) is ever written; see equal._redact
+        return json.dumps(redact_text(value), ensure_ascii=False)  # JSON escapes are valid TOML escapes
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     raise TypeError(f"cannot write {value!r} as TOML")

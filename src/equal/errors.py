@@ -6,7 +6,7 @@ one-line message and exit code 1 without a traceback.
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "ConvergenceWarning", "DataError", "EqualError", "LLMError"]
+__all__ = ["ConfigError", "ConvergenceWarning", "DataError", "EqualError", "LLMError", "RunLockedError"]
 
 
 class EqualError(Exception):
@@ -33,6 +33,15 @@ class DataError(EqualError, ValueError):
 
 class LLMError(EqualError, RuntimeError):
     """An LLM request failed for good (after the configured retries)."""
+
+
+class RunLockedError(EqualError, RuntimeError):
+    """Another process holds the run directory's lock (see :mod:`equal.runlock`); the message names it."""
+
+    def __init__(self, message: str, *, path: str | None = None, holder: dict[str, object] | None = None) -> None:
+        self.path = path
+        self.holder = holder
+        super().__init__(message)
 
 
 class ConvergenceWarning(UserWarning):

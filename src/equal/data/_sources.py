@@ -1,10 +1,13 @@
 """Row sources shared by the document and SFT readers.
 
 Each source turns one file into a stream of ``(Loc, value)`` pairs, where ``value`` is the row as a
-dict or, for a row that cannot be read (malformed JSON, invalid UTF-8, not an object), a
+dict or, for a row that cannot be read (malformed JSON, invalid UTF-8, not an object, or a value
+:func:`parse_json` refuses: nesting deeper than :data:`MAX_DEPTH`, ``NaN``/``Infinity``, numbers that
+overflow, duplicate keys, lone surrogates; a NUL byte in CSV or text), a
 :class:`~equal.errors.DataError` the caller raises or skips. Problems that make the whole file
-unreadable (unsupported type, broken JSON document, missing CSV/Parquet column) are raised at once,
-whatever ``skip_invalid`` says, because no row of such a file can be trusted.
+unreadable (unsupported type, broken JSON document, missing or duplicate CSV/Parquet column, a
+damaged or truncated gzip stream, UTF-16 text, a corrupt Parquet page) are raised at once, whatever
+``skip_invalid`` says, because no row of such a file can be trusted. Every message is one line.
 """
 
 from __future__ import annotations
@@ -12,9 +15,12 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import math
 import os
 import re
 import sys
+import threading
+import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -23,16 +29,21 @@ from equal.errors import DataError
 
 __all__ = [
     "DOCUMENT_SUFFIXES",
+    "MAX_DEPTH",
     "SFT_SUFFIXES",
+    "JSONProblem",
     "Loc",
     "error",
     "file_kind",
     "iter_files",
+    "parse_json",
+    "read_error",
     "rows",
     "type_name",
 ]
 
 _BOM = b"\xef\xbb\xbf"
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 
 #: File kinds by suffix; a trailing ``.gz`` is allowed on the text formats.
 _KINDS = {
@@ -72,11 +83,249 @@ def error(loc: Loc, message: str, field: str | None = None, *, prefix: bool = Tr
     """Build a DataError at ``loc``: ``file:line: field "f": message`` (``file: row n: ...`` for Parquet)."""
     if field is not None and prefix:
         message = f'field "{field}": {message}'
+    # One line per error, whatever the data holds: keys and values quoted in a message may carry
+    # line breaks (or stray surrogates, which stderr cannot encode).
+    message = _printable(message.replace("\r", "\\r").replace("\n", "\\n"))
     if loc.kind == "row":
         err = DataError(f"row {loc.line}: {message}", path=loc.path, field=field)
         err.line = loc.line
         return err
     return DataError(message, path=loc.path, line=loc.line, field=field)
+
+
+#: Deepest nesting of JSON arrays and objects a value may have. Real records nest a few levels
+#: (messages, a turn, its content parts); far deeper input is garbage, and the stdlib's recursive C
+#: scanner would raise RecursionError (not a ValueError) around depth 1000.
+MAX_DEPTH = 100
+
+#: Longest JSON integer, in digits, that is accepted: beyond about 308 digits it cannot become a
+#: float (OverflowError in any code that averages or scores it), and past 4300 ``int()`` refuses it.
+_MAX_INT_DIGITS = 300
+
+# A JSON string token (so brackets inside strings are not counted) or one bracket.
+_STRING_OR_BRACKET = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
+# What a JSON text must contain for a parsed value to hold a lone surrogate: an escaped one.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class JSONProblem(ValueError):
+    """A JSON text that is syntactically valid but not data ``equal`` accepts.
+
+    Attributes
+    ----------
+    field : str or None
+        Path of the offending value inside the parsed value (``messages[1].content``), None for the
+        value as a whole.
+    pos : int or None
+        Offset in the text, when known (nesting depth).
+    """
+
+    def __init__(self, message: str, field: str | None = None, pos: int | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+        self.pos = pos
+
+
+class _Bad:
+    """Placeholder the parser hooks put in place of a refused value, so the walk can name its field."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+class _Flag(threading.local):
+    bad = False
+
+
+_flag = _Flag()
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        # Which value would win is a guess about the writer's intent; refuse rather than guess.
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                obj[key] = _Bad("duplicate key in one object")
+            seen.add(key)
+        _flag.bad = True
+    return obj
+
+
+def _constant(name: str) -> _Bad:
+    _flag.bad = True
+    return _Bad(f"{name} is not valid JSON (numbers must be finite)")
+
+
+def _float(text: str) -> float | _Bad:
+    value = float(text)
+    if math.isfinite(value):
+        return value
+    _flag.bad = True
+    return _Bad(f"number {text[:24]} is out of range (it would be {value})")
+
+
+def _int(text: str) -> int | _Bad:
+    digits = len(text) - text.startswith("-")
+    if digits <= _MAX_INT_DIGITS:
+        return int(text)
+    _flag.bad = True
+    return _Bad(f"integer of {digits} digits is out of range (at most {_MAX_INT_DIGITS})")
+
+
+# The number hooks cost about as much as a regex pre-scan for long numbers would (measured: a
+# pre-scan doubled the parse time of a text corpus), so every number goes through them.
+_DECODER = json.JSONDecoder(object_pairs_hook=_object, parse_constant=_constant, parse_float=_float,
+                            parse_int=_int)
+
+
+def _printable(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _one_line(exc: BaseException) -> str:
+    """A library's error text on one line (pyarrow's span several)."""
+    return " ".join(_printable(str(exc)).split())
+
+
+def _find_bad(value: Any, path: str, surrogates: bool) -> tuple[str, str] | None:
+    """``(field path, message)`` of the first refused value inside ``value``, or None."""
+    if isinstance(value, _Bad):
+        return path, value.message
+    if isinstance(value, str):
+        if surrogates:
+            m = _SURROGATE.search(value)
+            if m is not None:
+                return path, f"lone surrogate U+{ord(m.group()):04X}: an escape that is not valid Unicode"
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            sub = f"{path}.{_printable(key)}" if path else _printable(key)
+            if surrogates and _SURROGATE.search(key):
+                return sub, "lone surrogate in a key: an escape that is not valid Unicode"
+            found = _find_bad(item, sub, surrogates)
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found = _find_bad(item, f"{path}[{i}]", surrogates)
+            if found is not None:
+                return found
+    return None
+
+
+def _depth_problem(text: str, start: int = 0, end: int | None = None) -> JSONProblem | None:
+    stop = len(text) if end is None else end
+    # Counting is C speed; only text with many brackets pays for the token scan.
+    if text.count("[", start, stop) + text.count("{", start, stop) <= MAX_DEPTH:
+        return None
+    depth = 0
+    for m in _STRING_OR_BRACKET.finditer(text, start, stop):
+        c = text[m.start()]
+        if c in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                return JSONProblem(f"nested deeper than {MAX_DEPTH} levels", pos=m.start())
+        elif c in "]}":
+            depth -= 1
+    return None
+
+
+def parse_json(text: str) -> Any:
+    """Parse one JSON text strictly: the value, or an error naming what is wrong and where.
+
+    Beyond :func:`json.loads` it refuses values nested deeper than :data:`MAX_DEPTH`, ``NaN`` and
+    ``Infinity`` literals and numbers that overflow a float, integers longer than 300 digits,
+    duplicate keys in one object, and lone UTF-16 surrogates (``"\\ud800"``), which Python keeps in a
+    ``str`` but no encoder, tokenizer or writer accepts later.
+
+    Parameters
+    ----------
+    text : str
+        The JSON text (one JSONL line, or a whole ``.json`` document).
+
+    Returns
+    -------
+    object
+        The parsed value.
+
+    Raises
+    ------
+    JSONProblem
+        A refused value; ``field`` is its path (``messages[0].content``) or None.
+    json.JSONDecodeError
+        The text is not JSON.
+    """
+    if text.startswith("\ufeff"):
+        # JSONDecoder.decode (unlike json.loads) does not name a byte-order mark; say what it is.
+        raise json.JSONDecodeError("Unexpected UTF-8 BOM", text, 0)
+    if text.count("[") + text.count("{") > MAX_DEPTH:  # inlined: this runs once per row
+        problem = _depth_problem(text)
+        if problem is not None:
+            raise problem
+    _flag.bad = False
+    try:
+        value = _DECODER.decode(text)
+    except RecursionError:  # pragma: no cover - the depth check comes first
+        raise JSONProblem("nested too deeply to parse") from None
+    surrogates = "\\u" in text and _SURROGATE_ESCAPE.search(text) is not None
+    if _flag.bad or surrogates:
+        found = _find_bad(value, "", surrogates)
+        if found is not None:
+            raise JSONProblem(found[1], found[0] or None)
+    return value
+
+
+def read_error(path: Path, exc: BaseException, line: int) -> DataError:
+    """The DataError for a file that broke while being read, after ``line`` complete lines.
+
+    A truncated gzip raises ``EOFError`` (which the command line would otherwise report as
+    ``Aborted.``), a damaged one ``BadGzipFile`` or ``zlib.error``, a failing disk ``OSError``.
+    """
+    gz = path.name.lower().endswith(".gz")
+    if isinstance(exc, EOFError):
+        what = "truncated gzip file: the compressed data ends early" if gz else "the file ends early"
+    elif isinstance(exc, gzip.BadGzipFile):
+        what = f"not a valid gzip file ({_one_line(exc)})"
+    elif isinstance(exc, zlib.error):
+        what = f"corrupt gzip data ({_one_line(exc)})"
+    elif isinstance(exc, OSError):
+        what = f"cannot read the file: {exc.strerror or exc}"
+    else:  # pragma: no cover - callers pass only the errors above
+        what = f"cannot read the file: {_one_line(exc)}"
+    done = f"{line} lines read before it" if line else "nothing could be read"
+    return DataError(f"{what}; {done}", path=str(path), line=line + 1)
+
+
+_READ_ERRORS = (OSError, EOFError, zlib.error)
+
+
+def _read_lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """The raw lines of a file (gunzipped for ``.gz``), numbered from 1; a damaged file is a DataError."""
+    lineno = 0
+    try:
+        with _open_binary(path) as fh:
+            for raw in fh:
+                lineno += 1
+                yield lineno, raw
+    except _READ_ERRORS as exc:
+        raise read_error(path, exc, lineno) from None
+
+
+def _read_all(path: Path) -> bytes:
+    """The whole content of a file (gunzipped for ``.gz``); a damaged file is a DataError."""
+    chunks: list[bytes] = []
+    try:
+        with _open_binary(path) as fh:
+            while chunk := fh.read(1 << 22):
+                chunks.append(chunk)
+    except _READ_ERRORS as exc:
+        raise read_error(path, exc, sum(c.count(b"\n") for c in chunks)) from None
+    return b"".join(chunks)
 
 
 def file_kind(path: Path) -> str | None:
@@ -165,40 +414,45 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[Loc, dict[str, Any] | DataError]]:
     name = str(path)
     # Bytes, decoded line by line: an invalid UTF-8 sequence then costs one row, and its message
     # can name the line, instead of failing the whole file at the first bad byte.
-    with _open_binary(path) as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            if lineno == 1 and raw.startswith(_BOM):
-                raw = raw[3:]
-            loc = Loc(name, lineno, "line")
-            bad_byte = -1
+    for lineno, raw in _read_lines(path):
+        if raw.startswith(_BOM):
+            # Any line, not only the first: `cat a.jsonl b.jsonl` keeps each file's byte-order mark.
+            raw = raw[3:]
+        elif lineno == 1 and raw.startswith(_UTF16_BOMS):
+            raise DataError("UTF-16 text (it starts with a UTF-16 byte-order mark); convert the file to UTF-8",
+                            path=name, line=1)
+        loc = Loc(name, lineno, "line")
+        bad_byte = -1
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            bad_byte = exc.start
+            text = raw.decode("utf-8", "surrogateescape")
+        if not text.strip():
+            continue
+        if bad_byte >= 0:
+            where = f" (byte {bad_byte} of the line)"
             try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                bad_byte = exc.start
-                text = raw.decode("utf-8", "surrogateescape")
-            if not text.strip():
+                obj = json.loads(text)  # only to name the field holding the bad bytes
+            except (ValueError, RecursionError):
+                yield loc, error(loc, f"invalid UTF-8{where}")
                 continue
-            try:
-                obj = json.loads(text)
-            except ValueError as exc:
-                if bad_byte >= 0:
-                    yield loc, error(loc, f"invalid UTF-8 (byte {bad_byte} of the line)")
-                    continue
-                msg = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
-                col = f" at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
-                yield loc, error(loc, f"malformed JSON: {msg}{col}")
-                continue
-            if bad_byte >= 0:
-                where = f" (byte {bad_byte} of the line)"
-                if isinstance(obj, dict):
-                    yield loc, _utf8_error(loc, obj, where)
-                else:
-                    yield loc, error(loc, f"invalid UTF-8{where}")
-                continue
-            if not isinstance(obj, dict):
-                yield loc, error(loc, f"expected a JSON object, got {type_name(obj)}")
-                continue
-            yield loc, obj
+            yield loc, _utf8_error(loc, obj, where) if isinstance(obj, dict) else error(loc, f"invalid UTF-8{where}")
+            continue
+        try:
+            obj = parse_json(text)
+        except JSONProblem as exc:
+            yield loc, error(loc, str(exc), exc.field)
+            continue
+        except ValueError as exc:
+            msg = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+            col = f" at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
+            yield loc, error(loc, f"malformed JSON: {msg}{col}")
+            continue
+        if not isinstance(obj, dict):
+            yield loc, error(loc, f"expected a JSON object, got {type_name(obj)}")
+            continue
+        yield loc, obj
 
 
 _WS = re.compile(r"[ \t\n\r]*")
@@ -208,15 +462,18 @@ def _skip_ws(text: str, i: int) -> int:
     return _WS.match(text, i).end()  # type: ignore[union-attr]
 
 
-def _array_items(text: str, i: int, decoder: json.JSONDecoder) -> tuple[list[tuple[int, Any]], int]:
-    """Elements of the (valid) JSON array starting at ``text[i] == "["`` with their start offsets."""
-    items: list[tuple[int, Any]] = []
+Item = tuple[int, int, Any]  # start and end offsets of an array element in the text, and its value
+
+
+def _array_items(text: str, i: int, decoder: json.JSONDecoder) -> tuple[list[Item], int]:
+    """Elements of the (valid) JSON array starting at ``text[i] == "["`` with their offsets."""
+    items: list[Item] = []
     i = _skip_ws(text, i + 1)
     if text[i] == "]":
         return items, i + 1
     while True:
         obj, j = decoder.raw_decode(text, i)
-        items.append((i, obj))
+        items.append((i, j, obj))
         i = _skip_ws(text, j)
         if text[i] == ",":
             i = _skip_ws(text, i + 1)
@@ -224,9 +481,9 @@ def _array_items(text: str, i: int, decoder: json.JSONDecoder) -> tuple[list[tup
         return items, i + 1
 
 
-def _object_lists(text: str, i: int, decoder: json.JSONDecoder) -> list[tuple[str, list[tuple[int, Any]]]]:
+def _object_lists(text: str, i: int, decoder: json.JSONDecoder) -> list[tuple[str, list[Item]]]:
     """List-valued members of the (valid) JSON object at ``text[i] == "{"``, elements with offsets."""
-    found: list[tuple[str, list[tuple[int, Any]]]] = []
+    found: list[tuple[str, list[Item]]] = []
     i = _skip_ws(text, i + 1)
     if text[i] == "}":
         return found
@@ -266,10 +523,12 @@ def _utf8_error(loc: Loc, obj: dict[str, Any], where: str) -> DataError:
 
 def _json_rows(path: Path) -> Iterator[tuple[Loc, dict[str, Any] | DataError]]:
     name = str(path)
-    with _open_binary(path) as fh:
-        data = fh.read()
+    data = _read_all(path)
     if data.startswith(_BOM):
         data = data[3:]
+    elif data.startswith(_UTF16_BOMS):
+        raise DataError("UTF-16 text (it starts with a UTF-16 byte-order mark); convert the file to UTF-8",
+                        path=name, line=1)
     bad_utf8: tuple[int, int] | None = None
     try:
         text = data.decode("utf-8")
@@ -277,15 +536,33 @@ def _json_rows(path: Path) -> Iterator[tuple[Loc, dict[str, Any] | DataError]]:
         bad_utf8 = (data.count(b"\n", 0, exc.start) + 1, exc.start)
         text = data.decode("utf-8", "surrogateescape")
     del data
-    try:
-        # Validate the whole document first so the scanner below can assume well-formed JSON.
-        top = json.loads(text)
-    except json.JSONDecodeError as exc:
-        if bad_utf8 is not None:
-            msg = f"invalid UTF-8 (byte {bad_utf8[1]} of the file)"
-            raise DataError(msg, path=name, line=bad_utf8[0]) from None
-        msg = f"malformed JSON: {exc.msg} at column {exc.colno}"
-        raise DataError(msg, path=name, line=exc.lineno) from None
+    strict = bad_utf8 is None
+    top: Any = None
+    if strict:
+        # The common case: the whole document passes the strict parser, so every element does too.
+        try:
+            top = parse_json(text)
+        except JSONProblem:
+            strict = False
+        except json.JSONDecodeError as exc:
+            msg = f"malformed JSON: {exc.msg} at column {exc.colno}"
+            raise DataError(msg, path=name, line=exc.lineno) from None
+    if not strict:
+        # Some element is refused (or holds invalid UTF-8): parse leniently to find the elements,
+        # then judge each on its own, so skip_invalid costs only the bad ones.
+        depth = _depth_problem(text)
+        try:
+            top = json.loads(text)
+        except RecursionError:
+            line = 1 if depth is None or depth.pos is None else text.count("\n", 0, depth.pos) + 1
+            raise DataError(f"malformed JSON: nested deeper than {MAX_DEPTH} levels", path=name,
+                            line=line) from None
+        except json.JSONDecodeError as exc:
+            if bad_utf8 is not None:
+                msg = f"invalid UTF-8 (byte {bad_utf8[1]} of the file)"
+                raise DataError(msg, path=name, line=bad_utf8[0]) from None
+            msg = f"malformed JSON: {exc.msg} at column {exc.colno}"
+            raise DataError(msg, path=name, line=exc.lineno) from None
     decoder = json.JSONDecoder()
     start = _skip_ws(text, 0)
     if isinstance(top, list):
@@ -304,7 +581,7 @@ def _json_rows(path: Path) -> Iterator[tuple[Loc, dict[str, Any] | DataError]]:
         raise DataError(f"expected a list of objects, got a JSON {type_name(top)}", path=name, line=1)
     del top
     line, last = 1, 0
-    for pos, obj in items:
+    for pos, end, obj in items:
         # Offsets only grow, so the line count is one pass over the text.
         line += text.count("\n", last, pos)
         last = pos
@@ -313,11 +590,26 @@ def _json_rows(path: Path) -> Iterator[tuple[Loc, dict[str, Any] | DataError]]:
             yield loc, error(loc, f"expected a JSON object, got {type_name(obj)}")
         elif bad_utf8 is not None and _has_surrogates(obj):
             yield loc, _utf8_error(loc, obj, "")
+        elif not strict:
+            try:
+                yield loc, parse_json(text[pos:end])
+            except JSONProblem as exc:
+                yield loc, error(loc, str(exc), exc.field)
         else:
             yield loc, obj
 
 
 _CSV_LIMIT = min(sys.maxsize, 2**31 - 1)
+
+
+def _duplicate(names: Sequence[str]) -> str | None:
+    """The first column name that occurs twice (a row dict would silently keep only the last), or None."""
+    seen: set[str] = set()
+    for n in names:
+        if n in seen:
+            return _printable(n.replace("\n", "\\n"))
+        seen.add(n)
+    return None
 
 
 def _csv_rows(path: Path, required: Sequence[str]) -> Iterator[tuple[Loc, dict[str, Any] | DataError]]:
@@ -327,49 +619,63 @@ def _csv_rows(path: Path, required: Sequence[str]) -> Iterator[tuple[Loc, dict[s
     if csv.field_size_limit() < _CSV_LIMIT:
         csv.field_size_limit(_CSV_LIMIT)
     bad_lines: list[int] = []
+    nul_lines: list[int] = []
 
-    def lines(fh: IO[bytes]) -> Iterator[str]:
-        for lineno, raw in enumerate(fh, start=1):
+    def lines() -> Iterator[str]:
+        for lineno, raw in _read_lines(path):
             if lineno == 1 and raw.startswith(_BOM):
                 raw = raw[3:]
+            elif lineno == 1 and raw.startswith(_UTF16_BOMS):
+                raise DataError("UTF-16 text (it starts with a UTF-16 byte-order mark); convert the file to UTF-8",
+                                path=name, line=1)
+            if b"\x00" in raw:
+                nul_lines.append(lineno)
             try:
                 yield raw.decode("utf-8")
             except UnicodeDecodeError:
                 bad_lines.append(lineno)
                 yield raw.decode("utf-8", "surrogateescape")
 
-    with _open_binary(path) as fh:
-        reader = csv.reader(lines(fh))
-        try:
-            header = next(reader, None)
-            if header is None:
-                return
-            if bad_lines:
-                raise DataError("invalid UTF-8 in the header", path=name, line=1)
-            missing = [c for c in required if c not in header]
-            if missing:
-                raise DataError(
-                    f'field "{missing[0]}": missing from the header (columns: {", ".join(header)})',
-                    path=name, line=1, field=missing[0],
-                )
-            prev = reader.line_num
-            for row in reader:
-                # line_num counts physical lines read so far, so a row spans (prev, line_num];
-                # a quoted field may hold newlines.
-                first, prev = prev + 1, reader.line_num
-                if not row:
-                    continue
-                loc = Loc(name, first, "line")
-                if len(row) > len(header):
-                    yield loc, error(loc, f"row has {len(row)} fields but the header has {len(header)}")
-                    continue
-                rec = dict(zip(header, row, strict=False))  # a short row lacks its last keys
-                if bad_lines and bad_lines[-1] >= first:
-                    yield loc, _utf8_error(loc, rec, "")
-                    continue
-                yield loc, rec
-        except csv.Error as exc:
-            raise DataError(f"malformed CSV: {exc}", path=name, line=reader.line_num) from None
+    reader = csv.reader(lines())
+    try:
+        header = next(reader, None)
+        if header is None:
+            return
+        if bad_lines:
+            raise DataError("invalid UTF-8 in the header", path=name, line=1)
+        if nul_lines:
+            raise DataError("NUL byte in the header: a binary file, not CSV text", path=name, line=1)
+        dup = _duplicate(header)
+        if dup is not None:
+            raise DataError(f'field "{dup}": duplicate column in the header', path=name, line=1, field=dup)
+        missing = [c for c in required if c not in header]
+        if missing:
+            raise DataError(
+                f'field "{missing[0]}": missing from the header (columns: {", ".join(header)})',
+                path=name, line=1, field=missing[0],
+            )
+        prev = reader.line_num
+        for row in reader:
+            # line_num counts physical lines read so far, so a row spans (prev, line_num];
+            # a quoted field may hold newlines.
+            first, prev = prev + 1, reader.line_num
+            if not row:
+                continue
+            loc = Loc(name, first, "line")
+            if len(row) > len(header):
+                yield loc, error(loc, f"row has {len(row)} fields but the header has {len(header)}")
+                continue
+            rec = dict(zip(header, row, strict=False))  # a short row lacks its last keys
+            if bad_lines and bad_lines[-1] >= first:
+                yield loc, _utf8_error(loc, rec, "")
+                continue
+            if nul_lines and nul_lines[-1] >= first:
+                bad = next((k for k, v in rec.items() if "\x00" in v), None)
+                yield loc, error(loc, "NUL byte in the value: binary data, not text", bad)
+                continue
+            yield loc, rec
+    except csv.Error as exc:
+        raise DataError(f"malformed CSV: {_one_line(exc)}", path=name, line=reader.line_num) from None
 
 
 def _parquet_rows(
@@ -383,9 +689,12 @@ def _parquet_rows(
     name = str(path)
     try:
         pf = pq.ParquetFile(path)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise DataError(f"not a readable Parquet file: {exc}", path=name) from None
-    names = pf.schema_arrow.names
+        names = pf.schema_arrow.names
+    except (pa.ArrowException, OSError, ValueError) as exc:  # ValueError: undecodable metadata
+        raise DataError(f"not a readable Parquet file: {_one_line(exc)}", path=name) from None
+    dup = _duplicate(names)
+    if dup is not None:
+        raise DataError(f'field "{dup}": duplicate column', path=name, field=dup)
     missing = [c for c in required if c not in names]
     if missing:
         raise DataError(
@@ -394,17 +703,16 @@ def _parquet_rows(
     cols = None if columns is None else [c for c in dict.fromkeys(columns) if c in names]
     number = 0
     with pf:
-        for batch in pf.iter_batches(batch_size=4096, columns=cols):
+        batches = pf.iter_batches(batch_size=4096, columns=cols)
+        while True:
             try:
-                records: list[Any] = batch.to_pylist()
-            except UnicodeDecodeError:
-                # Only files from non-validating writers hold invalid UTF-8; find the rows one by one.
-                records = []
-                for i in range(batch.num_rows):
-                    try:
-                        records.append(batch.slice(i, 1).to_pylist()[0])
-                    except UnicodeDecodeError:
-                        records.append(None)
+                batch = next(batches, None)
+                if batch is None:
+                    return
+                records = _batch_records(batch)
+            except (pa.ArrowException, OSError, EOFError, ValueError) as exc:
+                # A damaged page (a valid footer over corrupt data): the rest of the file is lost.
+                raise DataError(f"row {number + 1}: corrupt Parquet data: {_one_line(exc)}", path=name) from None
             for rec in records:
                 number += 1
                 loc = Loc(name, number, "row")
@@ -414,16 +722,37 @@ def _parquet_rows(
                     yield loc, rec
 
 
+def _batch_records(batch: Any) -> list[Any]:
+    try:
+        return batch.to_pylist()  # type: ignore[no-any-return]
+    except UnicodeDecodeError:
+        # Only files from non-validating writers hold invalid UTF-8; find the rows one by one.
+        records: list[Any] = []
+        for i in range(batch.num_rows):
+            try:
+                records.append(batch.slice(i, 1).to_pylist()[0])
+            except UnicodeDecodeError:
+                records.append(None)
+        return records
+
+
 def _txt_rows(path: Path, text_field: str) -> Iterator[tuple[Loc, dict[str, Any] | DataError]]:
     name = str(path)
-    with _open_binary(path) as fh:
-        data = fh.read()
+    data = _read_all(path)
     if data.startswith(_BOM):
         data = data[3:]
+    elif data.startswith(_UTF16_BOMS):
+        raise DataError("UTF-16 text (it starts with a UTF-16 byte-order mark); convert the file to UTF-8",
+                        path=name, line=1)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         loc = Loc(name, data.count(b"\n", 0, exc.start) + 1, "line")
         yield loc, error(loc, f"invalid UTF-8 (byte {exc.start} of the file)")
+        return
+    nul = text.find("\x00")
+    if nul >= 0:
+        loc = Loc(name, text.count("\n", 0, nul) + 1, "line")
+        yield loc, error(loc, f"NUL byte (character {nul} of the file): binary data, not text")
         return
     yield Loc(name, None, "file"), {text_field: text}

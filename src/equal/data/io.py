@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from equal.data._sources import JSONProblem, parse_json
 from equal.errors import DataError
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_text",
     "iter_jsonl",
+    "iter_jsonl_lines",
     "load_npy",
     "read_jsonl",
     "save_npy",
@@ -99,9 +101,12 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
         finally:
             os.close(fd)
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.filename is None:
+            # numpy's short write ("7680 requested and 4064 written") names no file and no errno
+            raise OSError(exc.errno, f"{exc or type(exc).__name__} (is the disk full?)", str(target)) from exc
         raise
     _fsync_dir(target.parent)
 
@@ -227,7 +232,7 @@ def _last_line_start(fh: Any, size: int) -> int:
 def _parses(raw: bytes) -> bool:
     try:
         json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: absurdly deep nesting
         return False
     return True
 
@@ -303,8 +308,19 @@ def iter_jsonl(path: PathLike) -> Iterator[Any]:
     Raises
     ------
     DataError
-        A line other than a truncated last one is not valid UTF-8 or not valid JSON; the message
-        names the file and the 1-based line.
+        A line other than a truncated last one is not valid UTF-8 or not valid JSON, or holds what
+        no log line can (``NaN``, a duplicate key, a lone surrogate, nesting deeper than
+        :data:`~equal.data._sources.MAX_DEPTH`); the message names the file, the 1-based line and
+        the field.
+    """
+    for _lineno, value in iter_jsonl_lines(path):
+        yield value
+
+
+def iter_jsonl_lines(path: PathLike) -> Iterator[tuple[int, Any]]:
+    """Like :func:`iter_jsonl`, with each value's 1-based line number: ``(line, value)`` pairs.
+
+    Callers that validate the values (``QAPair.from_record``) use the number to name the line.
     """
     name = str(path)
     with open(path, "rb") as fh:
@@ -314,7 +330,7 @@ def iter_jsonl(path: PathLike) -> Iterator[Any]:
             if pending is not None:
                 value = _parse_log_line(name, *pending)
                 if value is not _SKIP:
-                    yield value
+                    yield pending[0], value
             pending = (lineno, raw)
         if pending is None:
             return
@@ -327,7 +343,7 @@ def iter_jsonl(path: PathLike) -> Iterator[Any]:
             return
         value = _parse_log_line(name, lineno, raw)
         if value is not _SKIP:
-            yield value
+            yield lineno, value
 
 
 _SKIP = object()
@@ -341,7 +357,12 @@ def _parse_log_line(name: str, lineno: int, raw: bytes) -> Any:
     if not text.strip():
         return _SKIP
     try:
-        return json.loads(text)
+        # The strict parser: a log written by append_jsonl never holds NaN, duplicate keys, lone
+        # surrogates or absurd nesting, so such a line is damage, reported where it is.
+        return parse_json(text)
+    except JSONProblem as exc:
+        field = f'field "{exc.field}": ' if exc.field else ""
+        raise DataError(f"{field}{exc}", path=name, line=lineno, field=exc.field) from None
     except ValueError as exc:
         raise DataError(f"malformed JSON: {exc}", path=name, line=lineno) from None
 

@@ -9,6 +9,7 @@ the same id whatever its provenance, which is what deduplication keys on.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 from equal.data.records import content_hash
 from equal.errors import DataError
 
-__all__ = ["QAPair", "qa_id"]
+__all__ = ["QAPair", "qa_id", "read_qa_pairs"]
 
 _INT_FIELDS = ("chunk", "cluster", "round")
 _STR_FIELDS = ("doc_id", "model", "prompt_version", "extractor")
@@ -177,3 +178,39 @@ class QAPair:
                     raise fail(f'"{name}" must be an integer; got {value!r:.60}.', name)
                 kwargs[name] = value
         return cls(question=contents[0], answer=contents[1], **kwargs)
+
+
+def read_qa_pairs(path: str | os.PathLike[str]) -> list[QAPair]:
+    """Read the pairs of a ``RUN/qa.jsonl`` log, in file order.
+
+    A truncated last line (an interrupted append) is ignored as :func:`equal.data.iter_jsonl` does.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The log.
+
+    Returns
+    -------
+    list of QAPair
+
+    Raises
+    ------
+    DataError
+        A line is not JSON, or not a QA record; the message names the file, the 1-based line and
+        the field (``qa.jsonl:12: field "messages": ...``).
+    """
+    from equal.data.io import iter_jsonl_lines
+
+    name = str(path)
+    pairs = []
+    for line, record in iter_jsonl_lines(path):
+        try:
+            pairs.append(QAPair.from_record(record, path=name, line=line))
+        except DataError as exc:
+            if exc.field is None or f'field "{exc.field}"' in str(exc):
+                raise
+            # from_record's messages quote the key already; add the house prefix for the field.
+            msg = str(exc).removeprefix(f"{name}:{line}: ")
+            raise DataError(f'field "{exc.field}": {msg}', path=name, line=line, field=exc.field) from None
+    return pairs

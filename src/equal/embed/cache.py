@@ -130,13 +130,17 @@ class CachedEmbedder(Embedder):
             self._inherited.append(self._conn)
             self._conn = None
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        conn = connect_wal(self.path, timeout=120.0)
-        conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS vectors (key BLOB PRIMARY KEY, vec BLOB NOT NULL) WITHOUT ROWID"
-        )
-        conn.execute("INSERT OR IGNORE INTO meta VALUES ('identity', ?)", (self._identity,))
-        conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (_SCHEMA_VERSION,))
+        try:
+            conn = connect_wal(self.path, timeout=120.0)
+            conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS vectors (key BLOB PRIMARY KEY, vec BLOB NOT NULL) WITHOUT ROWID"
+            )
+            conn.execute("INSERT OR IGNORE INTO meta VALUES ('identity', ?)", (self._identity,))
+            conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (_SCHEMA_VERSION,))
+        except sqlite3.Error as exc:  # a full or read-only disk: name the file (the cache folder may surprise)
+            raise EmbeddingError(f"cannot open the embedding cache {self.path}: {exc} "
+                                 "(set EQUAL_CACHE_DIR to a writable folder with free space)") from exc
         stored = conn.execute("SELECT value FROM meta WHERE key = 'identity'").fetchone()[0]
         if stored != self._identity:
             conn.close()
@@ -166,8 +170,12 @@ class CachedEmbedder(Embedder):
             conn.executemany("INSERT OR IGNORE INTO vectors (key, vec) VALUES (?, ?)", rows)
             conn.execute("INSERT OR IGNORE INTO meta VALUES ('dim', ?)", (str(dim),))
             conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
+        except BaseException as exc:
+            # SQLite rolls a failed COMMIT (disk full) back itself: a second ROLLBACK would raise and hide why.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.OperationalError):
+                raise EmbeddingError(f"cannot store embeddings in the cache {self.path}: {exc}") from exc
             raise
 
     def encode(

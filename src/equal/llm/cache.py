@@ -24,6 +24,13 @@ a later call sends it again: it was never answered, so retrying costs nothing th
 most failures (timeouts, rate limits, a server that was down) are transient. A later success replaces the
 error row; a success is never overwritten.
 
+Only a real answer is a success: a completion whose text is empty or blank (spaces, tabs, newlines) is stored
+as an error row (reason ``empty_content``) whatever the backend said, so it is asked again on the next run,
+and a row with blank text that an earlier version stored as ``ok`` is treated as a miss (and replaced by the
+next answer). The completion handed back to the caller is the backend's own (:class:`~equal.llm.OpenAILLM`
+already reports a blank answer as a failure; an in-process model's deterministic empty answer is left to
+the caller).
+
 Durability
 ----------
 SQLite in WAL mode, one transaction per completion, committed the moment the backend reports it (backends of
@@ -83,8 +90,9 @@ ON CONFLICT (key) DO UPDATE SET
     tokens_in = excluded.tokens_in, tokens_out = excluded.tokens_out, seconds = excluded.seconds,
     finish_reason = excluded.finish_reason, extra = excluded.extra, identity = excluded.identity,
     attempts = completions.attempts + 1, updated_at = excluded.updated_at
-WHERE completions.status = 'error'
+WHERE completions.status = 'error' OR TRIM(COALESCE(completions.text, ''), char(32, 9, 10, 13)) = ''
 """
+_BLANK = " \t\n\r"  # what counts as blank text, the same in Python and in the SQL above
 _FLOAT_FIELDS = frozenset(
     name for name, hint in typing.get_type_hints(GenerationParams).items() if hint is float
 )
@@ -199,6 +207,8 @@ class CachedLLM:
                     f"WHERE status = 'ok' AND key IN ({marks})", chunk,
                 ):
                     key, text, t_in, t_out, secs, finish, extra = row
+                    if not (text or "").strip(_BLANK):
+                        continue  # stored as a success by an older version: not an answer, ask again
                     found[key] = Completion(
                         text=text, tokens_in=int(t_in), tokens_out=int(t_out), seconds=float(secs),
                         cached=True, finish_reason=finish, extra=json.loads(extra) if extra else {},
@@ -207,12 +217,16 @@ class CachedLLM:
 
     def _store(self, key: str, request: str, c: Completion) -> None:
         now = time.time()
-        ok = c.ok
-        extra = json.dumps(c.extra, sort_keys=True, default=str) if c.extra else None
+        ok = c.ok and bool((c.text or "").strip(_BLANK))
+        error = None if ok else (c.error or ("empty answer" if c.ok else "no text returned"))
+        info = dict(c.extra)
+        if not ok:
+            info.setdefault("reason", "empty_content" if c.ok else "error")
+        extra = json.dumps(info, sort_keys=True, default=str) if info else None
         with self._lock:
             self._conn.execute(_UPSERT, (
                 key, self.llm.model, "ok" if ok else "error", c.text if ok else None,
-                None if ok else (c.error or "no text returned"), int(c.tokens_in), int(c.tokens_out),
+                error, int(c.tokens_in), int(c.tokens_out),
                 float(c.seconds), c.finish_reason, extra, self._identity, request, now, now,
             ))
 

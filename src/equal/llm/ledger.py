@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from equal.llm.base import Completion
@@ -36,11 +36,19 @@ class Ledger:
     cached : int
         Of those, answered from the request cache (cost nothing this time).
     failed : int
-        Of those, failed (``text is None``).
+        Of those, failed (``text is None``): after the backend's retries, so each is a request that got no
+        answer. A resumed run keeps counting, so this includes failures of earlier invocations whose
+        requests were answered later.
+    failures : dict of str to int
+        ``failed`` by reason (``Completion.extra["reason"]``: ``http_500``, ``timeout``, ``empty_content``,
+        ``deadline``, ...; ``"error"`` when a backend gives none).
     tokens_in, tokens_out : int
         Prompt and generated tokens of the requests actually sent (cached ones are not counted again).
     seconds : float
         Sum of ``Completion.seconds`` of the requests actually sent.
+    tokens_estimated : int
+        Requests actually sent whose token counts were computed locally because the server sent no
+        ``usage`` (see :class:`~equal.llm.OpenAILLM`'s ``tokenizer``); 0 means every count is the server's.
     n_params : int, optional
         Model parameters, when known (local models); enables :attr:`est_flops`.
     price_in_per_1m, price_out_per_1m : float, optional
@@ -58,12 +66,14 @@ class Ledger:
     tokens_in: int = 0
     tokens_out: int = 0
     seconds: float = 0.0
+    failures: dict[str, int] = field(default_factory=dict)
+    tokens_estimated: int = 0
     n_params: int | None = None
     price_in_per_1m: float | None = None
     price_out_per_1m: float | None = None
 
     def __post_init__(self) -> None:
-        for name in ("requests", "cached", "failed", "tokens_in", "tokens_out", "seconds"):
+        for name in ("requests", "cached", "failed", "tokens_in", "tokens_out", "seconds", "tokens_estimated"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise ValueError(f"{name}={value!r} must be a number >= 0.")
@@ -72,6 +82,11 @@ class Ledger:
             bad = isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0
             if value is not None and bad:
                 raise ValueError(f"{name}={value!r} must be a number >= 0 or None.")
+        if not isinstance(self.failures, Mapping) or not all(
+                isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                for k, v in self.failures.items()):
+            raise ValueError(f"failures={self.failures!r} must map reasons to counts >= 0.")
+        self.failures = dict(self.failures)  # a private copy: from_dict may be given another ledger's
 
     @classmethod
     def for_llm(
@@ -87,9 +102,13 @@ class Ledger:
             self.requests += 1
             if not c.ok:
                 self.failed += 1
+                reason = str(c.extra.get("reason") or "error")
+                self.failures[reason] = self.failures.get(reason, 0) + 1
             if c.cached:
                 self.cached += 1
                 continue
+            if c.extra.get("tokens_estimated"):
+                self.tokens_estimated += 1
             self.tokens_in += int(c.tokens_in)
             self.tokens_out += int(c.tokens_out)
             self.seconds += float(c.seconds)
@@ -115,6 +134,7 @@ class Ledger:
     def to_dict(self) -> dict[str, Any]:
         """Fields plus the derived ``sent``, ``est_flops`` and ``est_cost`` (JSON-ready)."""
         d: dict[str, Any] = dataclasses.asdict(self)
+        d["failures"] = dict(sorted(self.failures.items()))
         d.update(sent=self.sent, est_flops=self.est_flops, est_cost=self.est_cost)
         return d
 

@@ -1,4 +1,8 @@
-"""A local chat model run in-process with transformers (default: the bundled SmolLM2-135M-Instruct GGUF).
+"""A local chat model run in-process with transformers: model folders, and the bundled GGUF dequantised.
+
+``get_llm("local")`` runs a ``.gguf`` file with llama.cpp (:class:`~equal.llm.LlamaCppLLM`, several times
+faster on a CPU); this backend serves transformers folders (fine-tuned checkpoints), training and evaluation,
+and a GGUF file when asked for (``backend="transformers"``).
 
 GGUF weights are quantised; transformers dequantises them to float32 on load, which takes tens of seconds
 even for a 135M model (most of it building the tokenizer from the GGUF vocabulary). :class:`LocalLLM`
@@ -164,6 +168,9 @@ class LocalLLM:
         Requests per forward batch. Prompts are sorted by length before batching to limit padding.
     weights_cache_dir : str or Path, optional
         Where dequantised GGUF models are kept. Default ``default_cache_dir() / "models"``.
+    threads : int, optional
+        torch CPU threads while generating (restored afterwards, BLAS held at one meanwhile). Default: torch's
+        current setting.
 
     Notes
     -----
@@ -187,7 +194,11 @@ class LocalLLM:
         dtype: Any = None,
         batch_size: int = 8,
         weights_cache_dir: str | os.PathLike[str] | None = None,
+        threads: int | None = None,
     ) -> None:
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise ConfigError(f"threads={threads!r} must be an integer >= 1 (or None for torch's setting).")
+        self.threads = threads
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size={batch_size!r} must be an integer >= 1.")
         if not isinstance(device, str) or not device:
@@ -415,6 +426,18 @@ class LocalLLM:
                 results[i] = Completion(text=None, error=f"chat template failed: {type(exc).__name__}: {exc}")
                 if on_complete is not None:
                     on_complete(i, results[i])
+        if self.threads is None:
+            return self._generate_all(prompts, results, params, on_complete)
+        from equal._threads import torch_threads
+
+        with torch_threads(self.threads):
+            return self._generate_all(prompts, results, params, on_complete)
+
+    def _generate_all(
+        self, prompts: list[str | None], results: list[Completion | None], params: GenerationParams,
+        on_complete: OnComplete | None,
+    ) -> list[Completion]:
+        tok = self._tokenizer
         valid = [i for i, p in enumerate(prompts) if p is not None]
         lengths = {i: len(tok(prompts[i], add_special_tokens=False)["input_ids"]) for i in valid}
         order = sorted(valid, key=lambda i: (lengths[i], i))

@@ -4,11 +4,23 @@ Requests run concurrently on an asyncio event loop with ``httpx.AsyncClient``; :
 synchronous and owns its loop, so callers need not know about asyncio.
 
 Retries (STYLE rule 14) cover only what can succeed on a second try: transport errors (connect errors,
-timeouts, connection resets, broken responses) and HTTP 408, 429 and 5xx. Each waits a jittered exponential
-backoff, ``d = min(backoff_max, backoff_base * 2**attempt)`` then ``d/2 + uniform(0, d/2)``, unless the
-server sent ``Retry-After`` (seconds or an HTTP date) or ``retry-after-ms``, which is honoured (capped at
-``backoff_max``) and also pauses the other requests of the batch. Any other 4xx is the caller's mistake and is
-returned at once as a failed :class:`~equal.llm.base.Completion`.
+timeouts, connection resets, broken responses), HTTP 408, 429 and 5xx, and a 200 that carries no usable
+answer (a body that is not JSON, no ``choices``, an ``{"error": ...}`` body, ``content`` null or empty).
+Each waits a jittered exponential backoff, ``d = min(backoff_max, backoff_base * 2**attempt)`` then ``d/2 +
+uniform(0, d/2)``, unless the server sent ``Retry-After`` (seconds or an HTTP date) or ``retry-after-ms``,
+which is honoured (capped at ``backoff_max``) and also pauses the other requests of the batch. Any other 4xx
+is the caller's mistake and is returned at once as a failed :class:`~equal.llm.base.Completion`. Every
+failure carries a short reason in ``Completion.extra["reason"]`` (``http_503``, ``timeout``,
+``empty_content``, ``deadline``, ...), which the :class:`~equal.llm.Ledger` counts.
+
+Deadline: httpx's timeout is per read, so a server trickling one byte a second would hold a request forever;
+``deadline_s`` bounds each request as a whole, from its first send to its answer, retries and waits
+included. A request cut off by it fails with reason ``deadline``.
+
+Token counts come from the response's ``usage``. A server that omits it gets its tokens counted locally
+(``tokenizer``: a transformers tokenizer when one is known, else ``ceil(chars / 4)`` of the prompt and the
+answer; the completion is marked ``extra["tokens_estimated"] = True``), with one warning per instance, so
+token budgets and the ledger hold without ``usage``.
 
 Structured output: when ``params.response_format`` is set, the request carries a ``response_format`` in
 the first wire form the instance has not seen refused, in the order ``json_schema`` (OpenAI's
@@ -35,6 +47,7 @@ import asyncio
 import concurrent.futures
 import email.utils
 import logging
+import math
 import os
 import random
 import re
@@ -44,8 +57,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
+from equal._redact import redact_text, redact_url
 from equal.errors import ConfigError
 from equal.llm.base import Completion, GenerationParams, Message, OnComplete, ResponseFormat
 
@@ -129,13 +143,105 @@ class _CallState:
     pause_until: float = 0.0
 
 
-def _redact_url(url: str) -> str:
-    """Drop user info, query and fragment, which may carry credentials."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+_redact_url = redact_url  # the one redaction rule, shared with the config and run-directory writers
+
+
+class _Unusable(Exception):
+    """A 200 response without a usable answer; ``reason`` names what was wrong."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def _transport_reason(exc: BaseException) -> str:
+    import httpx
+
+    if isinstance(exc, httpx.TimeoutException):
+        return "timeout"
+    if isinstance(exc, httpx.ConnectError):
+        return "connect_error"
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return "protocol_error"
+    return "network_error"
+
+
+def _read_answer(resp: Any) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """``(data, choice, text)`` of a 200 response, or :class:`_Unusable` saying why there is no answer."""
+    try:
+        data = resp.json()
+    except ValueError:
+        raise _Unusable("malformed_json", f"response is not JSON: {resp.text[:300]!r}") from None
+    if not isinstance(data, dict):
+        raise _Unusable("malformed_json", f"response is not a JSON object: {resp.text[:300]!r}")
+    choices = data.get("choices")
+    if data.get("error") is not None and not choices:
+        raise _Unusable("error_body", f"error in a 200 response: {str(data['error'])[:300]}")
+    if not isinstance(choices, list) or not choices:
+        raise _Unusable("empty_choices", f"response has no choices: {resp.text[:300]!r}")
+    choice = choices[0]
+    message = choice.get("message") if isinstance(choice, dict) else None
+    if not isinstance(message, dict):
+        raise _Unusable("malformed_json", f"choices[0] has no message: {str(choice)[:300]}")
+    content = message.get("content")
+    finish = choice.get("finish_reason")
+    if content is None:
+        raise _Unusable("null_content", f"response has no message content (finish_reason={finish})")
+    if not isinstance(content, str):
+        raise _Unusable("malformed_json", f"message content is a {type(content).__name__}, not text")
+    # An answer of nothing (or only whitespace) is not an answer, whatever else came with it (tool calls,
+    # a refusal field): the callers of this client read text only.
+    if not content.strip():
+        raise _Unusable("empty_content", f"response has empty message content (finish_reason={finish})")
+    return data, choice, content
+
+
+def _n_tokens(tok: Any, text: str) -> int:
+    """Tokens of ``text`` (special-token markup in it counts as one token each; none are added)."""
+    try:
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+    except TypeError:  # a tokenizer that is not callable the transformers way
+        ids = tok.encode(text)
+    return len(ids)
+
+
+def _estimate_tokens(text: str) -> int:
+    """The documented estimate when no tokenizer is known: ``ceil(len(text) / 4)``."""
+    return math.ceil(len(text) / _CHARS_PER_TOKEN)
+
+
+def _split_userinfo(base_url: str) -> tuple[str, tuple[str, str] | None]:
+    """``(chat URL without user info, (user, password) or None)``: the secret travels as basic auth only,
+    never inside a URL that httpx or a traceback could print."""
+    parts = urlsplit(base_url)
+    netloc, auth = parts.netloc, None
+    if "@" in netloc:
+        userinfo, _, netloc = netloc.rpartition("@")
+        user, _, password = userinfo.partition(":")
+        auth = (unquote(user), unquote(password))
+    path = parts.path.rstrip("/") + "/chat/completions"
+    return urlunsplit((parts.scheme, netloc, path, parts.query, "")), auth
+
+
+class _RedactingFilter(logging.Filter):
+    """Masks URL secrets in the records of a logger this package does not own (httpx)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record is the logging module's to report, not ours
+            return True
+        redacted = redact_text(message)
+        if redacted != message:
+            record.msg, record.args = redacted, ()
+        return True
+
+
+def _guard_httpx_log() -> None:
+    for name in ("httpx", "httpcore"):
+        log = logging.getLogger(name)
+        if not any(isinstance(f, _RedactingFilter) for f in log.filters):
+            log.addFilter(_RedactingFilter())
 
 
 def _names_response_format(resp: Any) -> bool | None:
@@ -214,6 +320,9 @@ class OpenAILLM:
         Most requests in flight at once.
     timeout : float, default=120
         Seconds per attempt (connect, read and write each).
+    deadline_s : float, default=600
+        Seconds one request may take in all, from its first send to its answer, retries included (a server
+        trickling its answer never exceeds ``timeout`` per read, but hits this).
     max_retries : int, default=5
         Retries after the first attempt, for retryable failures only.
     backoff_base, backoff_max : float, default=1.0, 60
@@ -226,12 +335,21 @@ class OpenAILLM:
     structured_output : {"auto", "json_schema", "json_object", "off"}, default="auto"
         Wire forms tried for ``params.response_format`` (see the module docstring): ``"auto"`` tries
         ``json_schema`` then ``json_object``; ``"off"`` always sends plain requests.
+    tokenizer : str, path or object, optional
+        Counts tokens when a response has no ``usage``: a transformers tokenizer (an object with
+        ``encode``), a folder or hub name for ``AutoTokenizer.from_pretrained``, a ``.gguf`` file (its
+        dequantised folder, see :func:`equal.llm.model_dir`), or ``"estimate"`` for ``ceil(chars / 4)``.
+        Default: ``model`` itself when it is a local folder or ``.gguf`` file, else the estimate. Loaded
+        only when a response lacks ``usage``.
 
     Notes
     -----
-    :meth:`generate` never raises for a failed request: after the retries it returns
-    ``Completion(text=None, error="...")`` carrying the last status or exception. Token counts come from the
-    response's ``usage``; ``seconds`` is the request's latency including retries and waits.
+    :meth:`generate` never raises for a failed request (each is logged at INFO; the caller reports them, as
+    the extraction loop does with one line of counts by reason): after the retries it returns
+    ``Completion(text=None, error="...", extra={"reason": ...})`` carrying the last status or exception.
+    Token counts come from the response's ``usage`` (else see ``tokenizer``) and add up every answered
+    attempt of the request, since each was paid for; ``seconds`` is the request's latency including
+    retries and waits.
     """
 
     def __init__(
@@ -242,6 +360,7 @@ class OpenAILLM:
         api_key_env: str | Sequence[str] = ("EQUAL_API_KEY", "OPENAI_API_KEY"),
         concurrency: int = 8,
         timeout: float = 120.0,
+        deadline_s: float = 600.0,
         max_retries: int = 5,
         backoff_base: float = 1.0,
         backoff_max: float = 60.0,
@@ -249,17 +368,20 @@ class OpenAILLM:
         tpm: float | None = None,
         extra_body: dict[str, Any] | None = None,
         structured_output: str = "auto",
+        tokenizer: Any = None,
     ) -> None:
         if not isinstance(model, str) or not model:
             raise ConfigError(f"model={model!r} must be a non-empty string.")
         if not isinstance(base_url, str) or urlsplit(base_url).scheme not in ("http", "https"):
-            raise ConfigError(f"base_url={_redact_url(str(base_url))!r} must be an http(s) URL.")
+            raise ConfigError(f"base_url={redact_url(str(base_url))!r} must be an http(s) URL.")
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ConfigError(f"concurrency={concurrency!r} must be an integer >= 1.")
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
             raise ConfigError(f"max_retries={max_retries!r} must be an integer >= 0.")
         if not timeout > 0:
             raise ConfigError(f"timeout={timeout!r} must be > 0 seconds.")
+        if isinstance(deadline_s, bool) or not isinstance(deadline_s, (int, float)) or not deadline_s > 0:
+            raise ConfigError(f"deadline_s={deadline_s!r} must be > 0 seconds.")
         if backoff_base < 0 or backoff_max < 0:
             raise ConfigError(f"backoff_base={backoff_base!r} and backoff_max={backoff_max!r} must be >= 0.")
         for name, value in (("rpm", rpm), ("tpm", tpm)):
@@ -273,10 +395,13 @@ class OpenAILLM:
             raise ConfigError(f"api_key_env={api_key_env!r} must name one or more environment variables.")
         self._model = model
         self._base_url = base_url.rstrip("/")
-        self._url = self._base_url + "/chat/completions"
+        self._url, self._auth = _split_userinfo(self._base_url)
+        if redact_url(self._url) != self._url:
+            _guard_httpx_log()  # httpx logs each request's URL, query (and its api_key=) included
         self._api_key_env = envs
         self.concurrency = concurrency
         self.timeout = float(timeout)
+        self.deadline_s = float(deadline_s)
         self.max_retries = max_retries
         self.backoff_base = float(backoff_base)
         self.backoff_max = float(backoff_max)
@@ -288,7 +413,11 @@ class OpenAILLM:
         self._counter_lock = threading.Lock()
         self._in_flight = 0
         self._counters = {"requests": 0, "sent": 0, "retries": 0, "failed": 0, "max_in_flight": 0,
-                          "format_fallbacks": 0}
+                          "format_fallbacks": 0, "tokens_estimated": 0}
+        self._tokenizer_spec = tokenizer
+        self._tokenizer: Any = None  # resolved on the first response without usage
+        self._tokenizer_lock = threading.Lock()
+        self._warned_usage = False
         self.structured_output = structured_output
         self._styles: tuple[str, ...] = (*STRUCTURED_OUTPUT_MODES[structured_output], "none")
         self._style_floor = 0  # index into _styles of the strongest form not refused yet (per instance)
@@ -301,10 +430,10 @@ class OpenAILLM:
 
     @property
     def identity(self) -> dict[str, object]:
-        return {"kind": "openai", "model": self._model, "base_url": _redact_url(self._base_url)}
+        return {"kind": "openai", "model": self._model, "base_url": redact_url(self._base_url)}
 
     def __repr__(self) -> str:
-        return (f"OpenAILLM(model={self._model!r}, base_url={_redact_url(self._base_url)!r}, "
+        return (f"OpenAILLM(model={self._model!r}, base_url={redact_url(self._base_url)!r}, "
                 f"concurrency={self.concurrency})")
 
     def stats(self) -> dict[str, int]:
@@ -312,7 +441,8 @@ class OpenAILLM:
 
         ``requests``: completions asked for; ``sent``: HTTP requests made (attempts, retries included);
         ``retries``; ``failed``: completions returned with an error; ``max_in_flight``: peak concurrency;
-        ``format_fallbacks``: requests resent in a weaker structured-output form after a refusal.
+        ``format_fallbacks``: requests resent in a weaker structured-output form after a refusal;
+        ``tokens_estimated``: answers without ``usage`` whose tokens were counted locally.
         """
         with self._counter_lock:
             return dict(self._counters)
@@ -332,7 +462,70 @@ class OpenAILLM:
         key = self._api_key()
         if key and key in text:
             text = text.replace(key, "***")
-        return text
+        password = urlsplit(self._base_url).password
+        if password and password in text:
+            text = text.replace(password, "***")
+        return redact_text(text)
+
+    # -- token counting without usage ----------------------------------------------------------------
+
+    def _resolve_tokenizer(self) -> Any:
+        """The tokenizer for responses without ``usage``, or None for the chars/4 estimate (cached)."""
+        with self._tokenizer_lock:
+            if self._tokenizer is not None:
+                return self._tokenizer or None
+            spec = self._tokenizer_spec
+            tok: Any = False  # False: resolved to "estimate"
+            if spec is None and os.path.exists(self._model):
+                spec = self._model
+            if spec is not None and not (isinstance(spec, str) and spec == "estimate"):
+                if not isinstance(spec, (str, os.PathLike)) and hasattr(spec, "encode"):
+                    tok = spec  # a tokenizer object
+                else:
+                    try:
+                        tok = self._load_tokenizer(spec)
+                    except Exception as exc:  # no tokenizer is no reason to fail a run: estimate instead
+                        logger.warning("cannot load tokenizer %s (%s); estimating tokens as chars/4", spec, exc)
+            self._tokenizer = tok
+            return tok or None
+
+    @staticmethod
+    def _load_tokenizer(spec: Any) -> Any:
+        from transformers import AutoTokenizer
+
+        path = str(spec)
+        if path.endswith(".gguf"):
+            from equal.llm.local import model_dir
+
+            path = str(model_dir(path))
+        return AutoTokenizer.from_pretrained(path)
+
+    def _count_tokens(self, messages: Sequence[Message], text: str) -> tuple[int, int]:
+        """``(prompt, completion)`` tokens of an answer whose response had no ``usage``."""
+        tok = self._resolve_tokenizer()
+        if tok is not None:
+            try:
+                msgs = [dict(m) for m in messages]
+                if getattr(tok, "chat_template", None):
+                    # the prompt as the server renders it, template and special tokens included
+                    prompt = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+                    n_in = _n_tokens(tok, str(prompt))
+                else:
+                    n_in = sum(_n_tokens(tok, str(m.get("content", ""))) for m in msgs)
+                return n_in, _n_tokens(tok, text)
+            except Exception as exc:  # a tokenizer that cannot read these messages: estimate them
+                logger.debug("tokenizer failed (%s); estimating tokens as chars/4", exc)
+        prompt_chars = "".join(str(m.get("content", "")) for m in messages)
+        return _estimate_tokens(prompt_chars), _estimate_tokens(text)
+
+    def _warn_no_usage(self) -> None:
+        with self._counter_lock:
+            if self._warned_usage:
+                return
+            self._warned_usage = True
+        how = "with its tokenizer" if self._resolve_tokenizer() is not None else "as ceil(chars / 4)"
+        logger.warning("%s sends no token usage; counting tokens locally %s (budgets and the ledger use "
+                       "these counts)", redact_url(self._base_url), how)
 
     # -- requests -------------------------------------------------------------------------------------
 
@@ -398,6 +591,8 @@ class OpenAILLM:
         estimate = sum(len(str(m.get("content", ""))) for m in body["messages"]) // _CHARS_PER_TOKEN
         estimate += params.max_tokens
         t0 = time.perf_counter()
+        deadline: float | None = None  # set at the first send: time queued behind others does not count
+        paid = [0, 0]  # tokens of answered attempts that were unusable: paid for all the same
         attempt = 0
         self._count("requests")
         while True:
@@ -414,6 +609,7 @@ class OpenAILLM:
                 headers["Authorization"] = f"Bearer {key}"
             status: int | None = None
             retry_after: float | None = None
+            reason = "error"
             async with sem:
                 if fmt is not None and probe_from is None:
                     # Another request may have learnt of a refusal while this one waited for a slot.
@@ -422,55 +618,75 @@ class OpenAILLM:
                     if floor > style_i:
                         style_i = floor
                         body = self._body(messages, params, self._styles[style_i])
+                if deadline is None:
+                    deadline = time.monotonic() + self.deadline_s
                 with self._counter_lock:
                     self._in_flight += 1
                     self._counters["sent"] += 1
                     self._counters["max_in_flight"] = max(self._counters["max_in_flight"], self._in_flight)
                 try:
-                    resp = await client.post(self._url, json=body, headers=headers)
+                    left = deadline - time.monotonic()
+                    resp = await asyncio.wait_for(client.post(self._url, json=body, headers=headers),
+                                                  timeout=max(left, 0.001))
                     status = resp.status_code
+                except asyncio.TimeoutError:
+                    self._count("failed")
+                    error = f"no answer within the deadline of {self.deadline_s:g} s"
+                    logger.info("request failed: %s", error)
+                    return self._failed(error, t0, attempt, None, "deadline", paid)
                 except httpx.TransportError as exc:  # connect/read/write errors, timeouts, resets
                     error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                    reason = _transport_reason(exc)
                 except httpx.RequestError as exc:  # undecodable body, redirect loop: retrying cannot help
                     self._count("failed")
-                    return self._failed(f"{type(exc).__name__}: {exc}", t0, attempt, None)
+                    return self._failed(f"{type(exc).__name__}: {exc}", t0, attempt, None, "request_error", paid)
                 finally:
                     with self._counter_lock:
                         self._in_flight -= 1
             if status is not None:
                 if 200 <= status < 300:
-                    done = self._parse(resp, t0, attempt, estimate)
-                    if fmt is not None:
-                        done.extra["response_format"] = self._styles[style_i]
-                    if not done.ok:
+                    try:
+                        done = self._parse(resp, messages, t0, attempt, estimate, paid)
+                    except _Unusable as bad:
+                        # Answered but unusable: retried like a transport error, never cached as done.
+                        error, reason = str(bad), bad.reason
+                    else:
+                        if fmt is not None:
+                            done.extra["response_format"] = self._styles[style_i]
+                        return done
+                else:
+                    error = f"HTTP {status}: {resp.text[:500]}"
+                    reason = f"http_{status}"
+                    retry_after = parse_retry_after(resp.headers)
+                    if self.tpm_limiter is not None:
+                        self.tpm_limiter.adjust(-estimate)  # a rejected request used no tokens
+                    refused = self._refused(status, resp) if style_i < len(self._styles) - 1 else False
+                    if refused is not False:
+                        if refused is None and probe_from is None:
+                            probe_from = style_i
+                        self._lower_floor(style_i + 1)
+                        style_i += 1
+                        body = self._body(messages, params, self._styles[style_i])
+                        self._count("format_fallbacks")
+                        continue
+                    if not (status in _RETRY_STATUS or status >= 500):
+                        if probe_from is not None:
+                            self._restore_floor(probe_from)
                         self._count("failed")
-                    return done
-                error = f"HTTP {status}: {resp.text[:500]}"
-                retry_after = parse_retry_after(resp.headers)
-                if self.tpm_limiter is not None:
-                    self.tpm_limiter.adjust(-estimate)  # a rejected request used no tokens
-                refused = self._refused(status, resp) if style_i < len(self._styles) - 1 else False
-                if refused is not False:
-                    if refused is None and probe_from is None:
-                        probe_from = style_i
-                    self._lower_floor(style_i + 1)
-                    style_i += 1
-                    body = self._body(messages, params, self._styles[style_i])
-                    self._count("format_fallbacks")
-                    continue
-                if not (status in _RETRY_STATUS or status >= 500):
-                    if probe_from is not None:
-                        self._restore_floor(probe_from)
-                    self._count("failed")
-                    logger.warning("request failed, not retried: HTTP %d", status)
-                    return self._failed(error, t0, attempt, status)
+                        logger.info("request failed, not retried: HTTP %d", status)
+                        return self._failed(error, t0, attempt, status, reason, paid)
             elif self.tpm_limiter is not None:
                 self.tpm_limiter.adjust(-estimate)
             if attempt >= self.max_retries:
                 self._count("failed")
-                logger.warning("request failed after %d attempts: %s", attempt + 1, self._redact(error)[:200])
-                return self._failed(error, t0, attempt, status)
+                logger.info("request failed after %d attempts: %s", attempt + 1, self._redact(error)[:200])
+                return self._failed(error, t0, attempt, status, reason, paid)
             delay = self._backoff(attempt, retry_after)
+            if time.monotonic() + delay >= deadline:
+                self._count("failed")
+                error = f"{error} (deadline of {self.deadline_s:g} s reached before the next attempt)"
+                logger.info("request failed: %s", self._redact(error)[:200])
+                return self._failed(error, t0, attempt, status, "deadline", paid)
             if retry_after is not None:
                 # The server asked everyone to wait, not just this request.
                 state.pause_until = max(state.pause_until, time.monotonic() + delay)
@@ -483,7 +699,7 @@ class OpenAILLM:
     @staticmethod
     def _refused(status: int, resp: Any) -> bool | None:
         """Whether an error answers the structured-output form: True sure, None maybe (probe), False no."""
-        if status in _RETRY_STATUS:
+        if status in _RETRY_STATUS or status in (401, 403):  # rate limits and auth are never about the format
             return False
         named = _names_response_format(resp)
         if status < 500:
@@ -493,37 +709,46 @@ class OpenAILLM:
         # llama-cpp-python's server answers an unknown format with a 500 whose message is the only clue.
         return None if named is None and re.search(r"response_format|json_schema", resp.text) else False
 
-    def _failed(self, error: str, t0: float, attempt: int, status: int | None) -> Completion:
+    def _failed(self, error: str, t0: float, attempt: int, status: int | None, reason: str = "error",
+                paid: Sequence[int] = (0, 0)) -> Completion:
         suffix = f" (after {attempt + 1} attempts)" if attempt else ""
         return Completion(
-            text=None, error=self._redact(error) + suffix, seconds=time.perf_counter() - t0,
-            extra={"attempts": attempt + 1, "status": status},
+            text=None, error=self._redact(error) + suffix, tokens_in=int(paid[0]), tokens_out=int(paid[1]),
+            seconds=time.perf_counter() - t0,
+            extra={"attempts": attempt + 1, "status": status, "reason": reason},
         )
 
-    def _parse(self, resp: Any, t0: float, attempt: int, estimate: int) -> Completion:
+    def _parse(self, resp: Any, messages: Sequence[Message], t0: float, attempt: int, estimate: int,
+               paid: list[int]) -> Completion:
+        """The completion of a 2xx response; raises :class:`_Unusable` when it holds no answer.
+
+        Tokens of an unusable answer are added to ``paid`` (the request's running total) before raising.
+        """
         try:
-            data = resp.json()
-            choice = data["choices"][0]
-            content = choice["message"].get("content")
-        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
-            return self._failed(f"malformed response ({type(exc).__name__}): {resp.text[:300]}", t0, attempt,
-                                resp.status_code)
-        usage = data.get("usage") or {}
-        tokens_in = int(usage.get("prompt_tokens") or 0)
-        tokens_out = int(usage.get("completion_tokens") or 0)
-        if self.tpm_limiter is not None and usage:
+            data, choice, content = _read_answer(resp)
+        except _Unusable:
+            try:
+                usage = resp.json().get("usage") or {}
+                paid[0] += int(usage.get("prompt_tokens") or 0)
+                paid[1] += int(usage.get("completion_tokens") or 0)
+            except (ValueError, AttributeError, TypeError):
+                pass
+            raise
+        usage = data.get("usage")
+        extra: dict[str, object] = {"attempts": attempt + 1, "served_model": data.get("model")}
+        if isinstance(usage, dict) and (usage.get("prompt_tokens") or usage.get("completion_tokens")):
+            tokens_in = int(usage.get("prompt_tokens") or 0)
+            tokens_out = int(usage.get("completion_tokens") or 0)
+        else:
+            self._warn_no_usage()
+            tokens_in, tokens_out = self._count_tokens(messages, content)
+            extra["tokens_estimated"] = True
+            self._count("tokens_estimated")
+        if self.tpm_limiter is not None:
             self.tpm_limiter.adjust(tokens_in + tokens_out - estimate)
-        if content is None:
-            finish = choice.get("finish_reason")
-            return Completion(
-                text=None, error=f"response has no message content (finish_reason={finish})",
-                tokens_in=tokens_in, tokens_out=tokens_out, seconds=time.perf_counter() - t0,
-                finish_reason=choice.get("finish_reason"), extra={"attempts": attempt + 1, "status": 200},
-            )
         return Completion(
-            text=content, tokens_in=tokens_in, tokens_out=tokens_out, seconds=time.perf_counter() - t0,
-            finish_reason=choice.get("finish_reason"),
-            extra={"attempts": attempt + 1, "served_model": data.get("model")},
+            text=content, tokens_in=tokens_in + paid[0], tokens_out=tokens_out + paid[1],
+            seconds=time.perf_counter() - t0, finish_reason=choice.get("finish_reason"), extra=extra,
         )
 
     async def agenerate(
@@ -545,7 +770,8 @@ class OpenAILLM:
         sem = asyncio.Semaphore(self.concurrency)
         state = _CallState()
         limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
-        async with httpx.AsyncClient(timeout=httpx.Timeout(self.timeout), limits=limits) as client:
+        auth = httpx.BasicAuth(*self._auth) if self._auth is not None else None
+        async with httpx.AsyncClient(timeout=httpx.Timeout(self.timeout), limits=limits, auth=auth) as client:
 
             async def run(i: int, messages: Sequence[Message]) -> None:
                 c = await self._one(client, sem, state, messages, params)

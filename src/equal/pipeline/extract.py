@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from equal.config import ExtractConfig
-from equal.data.io import atomic_write_json, iter_jsonl
-from equal.errors import DataError
+from equal.data.io import atomic_write_json
+from equal.errors import ConfigError, DataError
 from equal.pipeline.loop import ExtractionLoop, RoundInfo
 from equal.pipeline.rundir import RunDir
 
@@ -45,6 +45,8 @@ class ExtractSummary:
     seconds: float
     ot_distance: float | None
     drops: dict[str, int] = field(default_factory=dict)
+    llm_failures: dict[str, int] = field(default_factory=dict)  # llm_failed by reason (http_500, empty_content...)
+    tokens_estimated: bool = False  # some token counts were computed locally: the server sent no usage
     dataset: str = ""
     report: str = ""
     resumed: bool = False
@@ -95,22 +97,55 @@ def run_extract(
     -------
     ExtractSummary
     """
+    from equal.runlock import remove_stale_temps, run_lock
+
+    t0 = time.perf_counter()
+    run = RunDir(Path(out))
+    if run.root.exists() and not run.root.is_dir():
+        raise ConfigError(f"--out {run.root} is a file; the run directory must be a folder (or not exist)")
+    # One writer per directory, taken before anything in it is read, written or (with --force) deleted.
+    with run_lock(run.root, "equal extract"):
+        removed = remove_stale_temps(run.root)
+        if removed:
+            logger.info("removed %d temporary file(s) left by an interrupted run in %s", removed, run.root)
+        return _run_locked(config, run, t0, force=force, on_status=on_status, on_round=on_round,
+                           max_rounds=max_rounds, embedder=embedder, llm=llm)
+
+
+def _run_locked(config: ExtractConfig, run: RunDir, t0: float, *, force: bool,
+                on_status: Callable[[str], None] | None, on_round: Callable[[RoundInfo], None] | None,
+                max_rounds: int | None, embedder: Any, llm: Any) -> ExtractSummary:
     from equal.llm import Ledger
     from equal.pipeline.factory import LLMSource, build_parts
     from equal.pipeline.setup import prepare_inputs
 
-    t0 = time.perf_counter()
-    run = RunDir(Path(out))
     resumed = run.prepare(config, force=force)
     state = run.read_state() if resumed else None
     finished = state is not None and state.finished
     source = LLMSource(config, run, llm)
     if config.extract.extractor == "llm" and not finished:
         source.warm_up()
-    emb = _embedder(embedder, config)
-    inputs = prepare_inputs(config, run, emb, on_status or (lambda _msg: None))
-    ledger = Ledger.from_dict(state.ledger.to_dict()) if state is not None else Ledger()
+    # with a warm-up the configured encoder is only the base that is aligned: not loaded unless given
+    emb = embedder if config.embed.warmup_docs else _embedder(embedder, config)
+    status = on_status or (lambda _msg: None)
+    warm, corpus = None, None
+    if config.embed.warmup_docs:  # EQUAL's warm-up: its own resumable stages, then the loop (pipeline/warmup.py)
+        from equal.pipeline.setup import read_corpus, read_target
+        from equal.pipeline.warmup import run_warmup
+
+        status("reading corpus")
+        corpus = read_corpus(config)
+        warm = run_warmup(config, run, emb, source, docs=corpus[0], target_texts=read_target(config.data),
+                          started=state is not None, progress=status)
+        emb = warm.embedder
+    inputs = prepare_inputs(config, run, emb, status, corpus=corpus)
+    ledger = Ledger.from_dict((state.ledger if state is not None else warm.ledger if warm is not None
+                               else Ledger()).to_dict())
     parts = build_parts(config, inputs, llm=source, ledger=ledger, need_extractor=not finished)
+    if warm is not None:
+        parts.sampler = warm.sampler(parts.sampler)
+        if state is None:
+            state = warm.start(run, inputs.n_clusters, ledger)
     loop = ExtractionLoop(config, run, inputs=inputs, embedder=emb, extractor=parts.extractor,
                           sampler=parts.sampler, policy=parts.policy, reward=parts.reward, filters=parts.filters,
                           ledger=ledger, state=state, model=getattr(source.built, "model", None))
@@ -128,7 +163,8 @@ def _finish(loop: ExtractionLoop, run: RunDir, config: ExtractConfig, t0: float,
         clusters=loop.inputs.n_clusters, pairs=state.pairs, llm_requests=ledger.requests,
         llm_cache_hits=ledger.cached, llm_failed=ledger.failed, tokens_in=ledger.tokens_in,
         tokens_out=ledger.tokens_out, seconds=round(time.perf_counter() - t0, 3),
-        ot_distance=loop.exact_distance(), drops=state.drops, dataset=str(run.qa), report=str(run.report),
+        ot_distance=loop.exact_distance(), drops=state.drops, llm_failures=dict(sorted(ledger.failures.items())),
+        tokens_estimated=ledger.tokens_estimated > 0, dataset=str(run.qa), report=str(run.report),
         resumed=resumed,
     )
     atomic_write_json(run.summary, summary.to_dict())
@@ -143,26 +179,25 @@ def _finish(loop: ExtractionLoop, run: RunDir, config: ExtractConfig, t0: float,
 
 def load_pairs(run: str | Path) -> list[Any]:
     """The QA pairs of a run directory, in commit order."""
-    from equal.data.qa import QAPair
+    from equal.data.qa import read_qa_pairs
 
     rd = RunDir(Path(run))
     if not rd.qa.exists():
         raise DataError("no qa.jsonl: not an equal extract run directory, or no round finished yet",
                         path=str(rd.root))
-    return [QAPair.from_record(r) for r in iter_jsonl(rd.qa)]
+    return read_qa_pairs(rd.qa)  # errors name qa.jsonl:line:field
 
 
 def export_run(run: str | Path, out: str | Path, fmt: str) -> int:
     """Write a run's pairs to ``out`` in ``fmt`` (messages, sharegpt, alpaca, or parquet in messages form)."""
     from equal.data import write_sft
+    from equal.pipeline.jobs import check_suffix
 
+    if fmt not in ("messages", "sharegpt", "alpaca", "parquet"):
+        raise ValueError(f"format={fmt!r} must be one of messages, sharegpt, alpaca, parquet.")
+    # exactly the named file, in the format its suffix says (a sharegpt .parquet is fine, a parquet .jsonl not)
+    allowed = (".parquet",) if fmt == "parquet" else (".jsonl", ".ndjson", ".parquet")
+    out = check_suffix(out, allowed, f"--format {fmt}")
     pairs = load_pairs(run)
     records = [p.to_record() for p in pairs]
-    out = Path(out)
-    if fmt == "parquet":
-        if out.suffix != ".parquet":
-            out = out.with_suffix(".parquet")
-        return write_sft(out, records, "messages")
-    if fmt not in ("messages", "sharegpt", "alpaca"):
-        raise ValueError(f"format={fmt!r} must be one of messages, sharegpt, alpaca, parquet.")
-    return write_sft(out, records, fmt)
+    return write_sft(out, records, "messages" if fmt == "parquet" else fmt)

@@ -48,12 +48,21 @@ class LLMSource:
             if base is None:
                 c = self.config.llm
                 if c.llm == "openai":
-                    base = get_llm("openai", model=c.model, base_url=c.base_url, concurrency=c.concurrency)
+                    from equal._redact import resolve_url
+
+                    base = get_llm("openai", model=c.model, base_url=resolve_url(c.base_url),
+                                   concurrency=c.concurrency, deadline_s=c.deadline_s, tokenizer=c.tokenizer)
                 else:
-                    kw: dict[str, Any] = {"batch_size": c.batch_size}
+                    from equal.llm import local_backend
+
+                    # llama.cpp answers one request at a time; batch_size is the transformers engine's
+                    engine = local_backend(c.model, c.backend)
+                    kw: dict[str, Any] = {"threads": c.threads}
+                    if engine == "transformers":
+                        kw["batch_size"] = c.batch_size
                     if c.model:
                         kw["model_path"] = c.model
-                    base = get_llm("local", **kw)
+                    base = get_llm("local", backend=engine, **kw)
             self._llm = base if isinstance(base, CachedLLM) else CachedLLM(base, self.run.llm_cache)
         return self._llm
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from equal.data.io import atomic_write_json, atomic_write_text, load_npy, save_npy
-from equal.errors import DataError
+from equal.errors import ConfigError, DataError
 
 __all__ = ["TextSource", "cluster_file", "embed_file", "load_embeddings", "ot_files", "read_texts"]
 
@@ -49,6 +49,33 @@ def _first_record(path: Path) -> dict[str, Any] | None:
     return None
 
 
+def check_suffix(out: str | Path, allowed: tuple[str, ...], what: str) -> Path:
+    """``out`` as a Path, or a :class:`ConfigError` (a usage error) when its suffix is not one of ``allowed``.
+
+    Output files are written in exactly the format their name says, never another one under a misleading
+    name (``--out c.txt`` holding Parquet), and never silently renamed.
+    """
+    path = Path(out)
+    if path.suffix.lower() not in allowed:
+        raise ConfigError(f"--out {path}: {what} is written as {' or '.join(allowed)}; "
+                          f"name the file with that suffix")
+    return path
+
+
+def _write_records(out: Path, records: list[dict[str, Any]]) -> None:
+    """Write plain records as Parquet (``.parquet``) or JSONL (anything else), atomically."""
+    if out.suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from equal.data.io import atomic_path
+
+        with atomic_path(out) as tmp:
+            pq.write_table(pa.Table.from_pylist(records), tmp)
+    else:
+        atomic_write_text(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
 def read_texts(
     path: str | Path,
     *,
@@ -71,8 +98,11 @@ def read_texts(
             sft = read_sft(p, skip_invalid=skip_invalid)
             ids = [str(r.get("id", i)) for i, r in enumerate(sft.records)]
             return TextSource(ids, [render_text(r) for r in sft.records], sft.format, sft.skipped, sft.records)
-    res = read_documents(p, text_field=field or "text", id_field=id_field, skip_invalid=skip_invalid)
-    return TextSource([d.id for d in res.items], [d.text for d in res.items], "documents", res.skipped)
+    text_field = field or "text"
+    res = read_documents(p, text_field=text_field, id_field=id_field, skip_invalid=skip_invalid)
+    # the documents as records under the input's own field names, so a selection can be written back
+    records = [{id_field or "id": d.id, text_field: d.text} for d in res.items]
+    return TextSource([d.id for d in res.items], [d.text for d in res.items], "documents", res.skipped, records)
 
 
 def _manifest_path(npy: Path) -> Path:
@@ -94,13 +124,14 @@ def embed_file(
     """Embed the texts of ``path`` into ``out`` (.npy, float32) with a manifest ``out.json`` and ids file."""
     from equal.embed import CachedEmbedder, get_embedder
 
+    out = check_suffix(out, (".npy",), "the embeddings file")
     src = read_texts(path, field=field, id_field=id_field, skip_invalid=skip_invalid)
+    if not src.texts:
+        why = f" ({src.skipped} invalid rows skipped)" if src.skipped else ""
+        raise DataError(f"no texts to embed: the input is empty{why}", path=str(path))
     model = get_embedder(embedder)
     enc = CachedEmbedder(model) if cache else model
     X = enc.encode(src.texts, batch_size=batch_size, show_progress=show_progress)
-    out = Path(out)
-    if out.suffix != ".npy":
-        raise ValueError(f"--out={out}: the embeddings file must end in .npy")
     save_npy(out, X)
     ids_path = out.with_suffix(".ids.txt")
     atomic_write_text(ids_path, "".join(f"{i}\n" for i in src.ids))
@@ -116,18 +147,31 @@ def embed_file(
     return info
 
 
-def load_embeddings(path: str | Path) -> np.ndarray:
-    """Load an embeddings ``.npy`` file as C-contiguous float32 (the file's name in errors)."""
+def load_embeddings(path: str | Path, *, normalized: bool = False) -> np.ndarray:
+    """Load an embeddings ``.npy`` file as C-contiguous float32 (the file's name in errors).
+
+    Refused with a DataError naming the file (and the first bad row): not a ``.npy`` array, not 2-D, empty,
+    not real numbers, NaN/inf, all-zero rows, absurd magnitudes, and with ``normalized`` rows not of unit norm.
+    """
     p = Path(path)
     if not p.exists():
         raise DataError("no such file", path=str(p))
     try:
         X = load_npy(p, mmap=False)
-    except (OSError, ValueError) as exc:
-        raise DataError(f"not a .npy array: {exc}", path=str(p)) from exc
+    except Exception as exc:
+        # Whatever numpy's header parser raises on damage: ValueError, EOFError (an empty file, which
+        # click would report as "Aborted."), tokenize.TokenError, SyntaxError, MemoryError.
+        raise DataError(f"not a .npy array: {' '.join(str(exc).split()) or type(exc).__name__}",
+                        path=str(p)) from None
     if X.ndim != 2:
         raise DataError(f"expected a 2-D array of embeddings, got shape {X.shape}", path=str(p))
-    return np.ascontiguousarray(X, dtype=np.float32)
+    from equal._validation import check_embeddings
+
+    try:
+        # NaN, inf, zero rows, complex or absurd values: refused here, naming the file and the row.
+        return check_embeddings(X, name="embeddings", normalized=normalized)
+    except ValueError as exc:
+        raise DataError(str(exc).removeprefix("Input embeddings "), path=str(p)) from None
 
 
 def _ids_for(npy: Path, n: int) -> list[str] | None:
@@ -161,8 +205,9 @@ def cluster_file(
     from equal.cluster import KMeans, cluster_gaussians, neighbor_graph, pairwise_frechet
     from equal.data.io import atomic_path
 
+    out = check_suffix(out, (".parquet",), "the cluster assignment table")
     src = Path(path)
-    X = load_embeddings(src)
+    X = load_embeddings(src, normalized=True)  # spherical k-means needs unit rows
     km = KMeans(n_clusters=k, seed=seed, n_iter=n_iter, sample_size=sample_size).fit(X)
     labels = np.asarray(km.labels_, dtype=np.int64)
     sim = np.einsum("ij,ij->i", X, km.cluster_centers_[labels])
@@ -256,10 +301,30 @@ def diversity_files(
     out = []
     for path in paths:
         X, _ = embeddings_for(path, embedder=embedder, field=field, show_progress=show_progress)
-        report = diversity_report(X, reference=ref, n_neighbors=n_neighbors, density_power=density_power,
+        k = _neighbors_for(path if ref is None else reference, X if ref is None else ref, n_neighbors)
+        report = diversity_report(X, reference=ref, n_neighbors=k, density_power=density_power,
                                   distance_power=distance_power, variant=variant, n_clusters=n_clusters, seed=seed)
-        out.append({"dataset": str(path), "n": len(X), **{k: float(v) for k, v in report.items()}})
+        out.append({"dataset": str(path), "n": len(X), "n_neighbors": k,
+                    **{key: float(v) for key, v in report.items()}})
     return out
+
+
+def _neighbors_for(path: str | Path, R: np.ndarray, n_neighbors: int) -> int:
+    """``n_neighbors``, lowered (with a warning) for a reference of fewer than ``n_neighbors + 1`` distinct rows.
+
+    One small dataset among several must not fail the whole command: its density is taken over the neighbours
+    it has. Fewer than two distinct rows leave no neighbour at all, which is an error naming the file.
+    """
+    from equal.diversity._density import unique_rows
+
+    distinct = len(unique_rows(np.ascontiguousarray(R, dtype=np.float32)))
+    if distinct < 2:
+        raise DataError(f"{path}: NovelSum needs at least 2 distinct rows; it has {distinct}")
+    if distinct <= n_neighbors:
+        logger.warning("%s has %d distinct rows: n_neighbors lowered from %d to %d for it",
+                       path, distinct, n_neighbors, distinct - 1)
+        return distinct - 1
+    return n_neighbors
 
 
 def _quality(src: TextSource | None, field: str | None) -> np.ndarray | None:
@@ -307,6 +372,8 @@ def select_file(
 
     if method not in METHODS:
         raise ValueError(f"method={method!r} must be one of {', '.join(METHODS)}.")
+    if Path(pool).suffix != ".npy":  # an .npy pool writes only OUT.indices.json
+        check_suffix(out, (".jsonl", ".ndjson", ".parquet"), "the selected records file")
     X, src = embeddings_for(pool, embedder=embedder, field=field, show_progress=show_progress)
     if k > len(X):
         raise ValueError(f"k={k} must be <= the pool size n={len(X)}.")
@@ -337,7 +404,10 @@ def select_file(
     written = None
     if src is not None and src.records is not None:
         chosen = [src.records[i] for i in indices]
-        write_sft(out, chosen, src.kind)
+        if src.kind == "documents":
+            _write_records(out, chosen)
+        else:
+            write_sft(out, chosen, src.kind)
         written = str(out)
     indices_path = Path(str(out) + ".indices.json")
     atomic_write_text(indices_path, json.dumps(indices) + "\n")

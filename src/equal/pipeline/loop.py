@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 
 from equal.config import ExtractConfig
-from equal.data.io import append_jsonl, atomic_write_json, iter_jsonl
-from equal.data.qa import QAPair
+from equal.data.io import append_jsonl, atomic_write_json
+from equal.data.qa import read_qa_pairs
 from equal.errors import LLMError
 from equal.llm import Ledger
 from equal.pipeline.parts import Candidates, Group
@@ -184,9 +184,11 @@ class ExtractionLoop:
             self.state = self.run_dir.commit(dataclasses.replace(self.state, ledger=self.ledger))
             self.write_ledger()
             errors = [c.error for c in result.completions if c.error][:3]
+            reasons = Counter(str(c.extra.get("reason") or "error") for c in result.completions if not c.ok)
+            why = ", ".join(f"{k}={v}" for k, v in sorted(reasons.items()))
             raise LLMError(
                 f"{len(result.failed_docs)} of {len(docs)} extraction requests failed in round {r} "
-                f"(first errors: {errors}); nothing of this round was committed and every completed request "
+                f"({why}; first errors: {errors}); nothing of this round was committed and every completed request "
                 "is cached: rerun the same command to resume"
             )
         return result
@@ -254,7 +256,7 @@ class ExtractionLoop:
         """Feed every committed pair to the filters' indexes and the running distance, once, in order."""
         if not self.run_dir.qa.exists():
             return
-        pairs = [QAPair.from_record(r) for r in iter_jsonl(self.run_dir.qa)]
+        pairs = read_qa_pairs(self.run_dir.qa)  # errors name qa.jsonl:line:field
         if not pairs:
             return
         kept = Candidates(pairs, [p.render_text() for p in pairs], {}, -1)

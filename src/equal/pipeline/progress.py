@@ -87,8 +87,12 @@ class ExtractProgress:
                                f"in {summary.clusters} clusters"),
             ("pairs kept", str(summary.pairs)),
             ("dropped", ", ".join(f"{k} {v}" for k, v in summary.drops.items()) or "none"),
-            ("LLM requests", f"{summary.llm_requests} ({summary.llm_cache_hits} from cache)"),
-            ("tokens in / out", f"{summary.tokens_in} / {summary.tokens_out}"),
+            ("LLM requests", f"{summary.llm_requests} ({summary.llm_cache_hits} from cache"
+                             + (f", {summary.llm_failed} failed: "
+                                + ", ".join(f"{k} {v}" for k, v in summary.llm_failures.items())
+                                if summary.llm_failed else "") + ")"),
+            ("tokens in / out", f"{summary.tokens_in} / {summary.tokens_out}"
+                                + (" (some estimated: the server sent no usage)" if summary.tokens_estimated else "")),
             ("OT distance to target", ot),
             ("time", f"{summary.seconds:.1f} s"),
             ("dataset", summary.dataset),

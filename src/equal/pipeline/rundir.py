@@ -97,7 +97,9 @@ class RunDir:
 
         A directory made with other result-changing settings is refused unless ``force`` or unless that
         run stopped before its setup was done; then its run state is discarded but ``llm_cache.sqlite``
-        is kept, so requests already paid for are served from it and never sent again.
+        is kept, so requests already paid for are served from it and never sent again. ``force`` with the
+        same settings restarts the run the same way (so requests whose cached answer is not a real one are
+        asked again).
         """
         if self.root.exists() and not self.root.is_dir():
             raise ConfigError(f"--out {self.root} is a file; the run directory must be a folder (or not exist)")
@@ -110,10 +112,16 @@ class RunDir:
             )
         if self.config.exists() and not self.legacy_state.exists():
             changed = self._changed(config)
-            if not changed:
+            if not changed and not force:
                 # settings that do not change results (concurrency, batch size) may differ
                 atomic_write_text(self.config, to_toml(config))
                 return self.state.exists()
+            if not changed:
+                # --force with the same settings restarts from the LLM cache: every answer is served from
+                # it again, and what it does not hold as a real answer (an empty one stored by an older
+                # version, a failure) is asked again
+                logger.warning("restarting %s (--force); answers already paid for come from its LLM cache",
+                               self.root)
             # A run that stopped before its setup finished (a bad corpus line, say) has nothing to lose
             # but its LLM cache, which is kept anyway: retrying with corrected settings needs no --force.
             if started and not force:
@@ -121,7 +129,8 @@ class RunDir:
                     f"{self.root} holds a run with other settings ({', '.join(changed)}); "
                     "use a new --out directory, or --force to restart this one (the LLM cache is kept)"
                 )
-            logger.warning("restarting %s with new settings (%s)", self.root, ", ".join(changed))
+            elif changed:
+                logger.warning("restarting %s with new settings (%s)", self.root, ", ".join(changed))
         self._discard_state()
         atomic_write_text(self.config, to_toml(config))
         return False

@@ -77,6 +77,16 @@ class ClusterSampler:
         left = self._sizes - np.asarray(cursors, dtype=np.int64)
         return left >= (1 if self.partial else max(int(n), 1))
 
+    def without(self, rows: Any) -> ClusterSampler:
+        """A copy whose orders skip ``rows`` (documents already read, e.g. by the warm-up), the rest in order."""
+        import copy
+
+        drop = np.asarray(rows, dtype=np.int64)
+        out = copy.copy(self)
+        out._orders = [o[~np.isin(o, drop)] for o in self._orders]
+        out._sizes = np.asarray([len(o) for o in out._orders], dtype=np.int64)
+        return out
+
 
 class CorpusOrder:
     """One order over the whole corpus, for the baselines: seeded random (``random``) or as read (``all``)."""
@@ -87,6 +97,14 @@ class CorpusOrder:
 
     def take(self, cursor: int, n: int) -> np.ndarray:
         return self.order[cursor: cursor + n]
+
+    def without(self, rows: Any) -> CorpusOrder:
+        """A copy whose order skips ``rows`` (documents already read, e.g. by the warm-up)."""
+        import copy
+
+        out = copy.copy(self)
+        out.order = self.order[~np.isin(self.order, np.asarray(rows, dtype=np.int64))]
+        return out
 
 
 def build_sampler(config: Any, ctx: PartContext, *, labels: Any) -> ClusterSampler:

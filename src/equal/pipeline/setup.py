@@ -20,7 +20,7 @@ from equal.data.records import Document
 from equal.errors import ConfigError, DataError
 from equal.pipeline.rundir import RunDir
 
-__all__ = ["Inputs", "prepare_inputs", "read_target", "target_format"]
+__all__ = ["Inputs", "prepare_inputs", "read_corpus", "read_target", "target_format"]
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +82,8 @@ def read_target(data: DataConfig) -> list[str]:
     return [d.text for d in res.items]
 
 
-def _read_corpus(config: ExtractConfig) -> tuple[list[Document], int]:
+def read_corpus(config: ExtractConfig) -> tuple[list[Document], int]:
+    """The corpus after chunking, in row order, and the number of invalid rows skipped."""
     from equal.data import chunk_documents, read_documents
 
     d = config.data
@@ -93,11 +94,16 @@ def _read_corpus(config: ExtractConfig) -> tuple[list[Document], int]:
     return docs, res.skipped
 
 
-def prepare_inputs(config: ExtractConfig, run: RunDir, embedder: Any,
-                   progress: Callable[[str], None]) -> Inputs:
-    """Read the corpus and target; embed and cluster them, or load what an earlier call stored."""
-    progress("reading corpus")
-    docs, skipped = _read_corpus(config)
+def prepare_inputs(config: ExtractConfig, run: RunDir, embedder: Any, progress: Callable[[str], None], *,
+                   corpus: tuple[list[Document], int] | None = None) -> Inputs:
+    """Read the corpus and target; embed and cluster them, or load what an earlier call stored.
+
+    ``corpus`` is ``read_corpus(config)`` when the caller has read it already (the warm-up does).
+    """
+    if corpus is None:
+        progress("reading corpus")
+        corpus = read_corpus(config)
+    docs, skipped = corpus
     target_texts = read_target(config.data)
     if not target_texts:
         raise DataError("the target has no examples", path=config.data.target)

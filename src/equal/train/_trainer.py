@@ -31,6 +31,7 @@ from typing import Any
 from equal._threads import torch_threads
 from equal.data.io import atomic_write_json, atomic_write_text
 from equal.errors import ConfigError, DataError
+from equal.runlock import LOCK_NAME, remove_stale_temps, run_lock
 from equal.train._config import TrainConfig, TrainProgress, TrainResult
 from equal.train._data import SFTDataset, build_dataset
 
@@ -258,7 +259,7 @@ def _prepare_out(out: Path, config: TrainConfig, data: SFTDataset, *, force: boo
         if not force:
             raise ConfigError(f"{out} holds a training run with other settings ({'; '.join(diffs)}); "
                               "use another --out or pass --force to start over.")
-    elif out.is_dir() and any(out.iterdir()) and not force:
+    elif out.is_dir() and any(p.name != LOCK_NAME for p in out.iterdir()) and not force:
         raise ConfigError(f"{out} is not empty and holds no train.json: not an equal train checkpoint; "
                           "use another --out or pass --force.")
     for name in _OWNED:  # --force: remove only what equal train writes
@@ -475,6 +476,17 @@ def train(
     tokenizer = load_tokenizer(base_dir)
     dataset = build_dataset(data, tokenizer, max_length=config.max_length, skip_invalid=config.skip_invalid)
     cuda = bool(torch.cuda.is_available())
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: exists and is not a folder.")
+    # One writer per CKPT, taken before anything in it is read or (with --force) deleted.
+    with run_lock(out, "equal train"):
+        remove_stale_temps(out)
+        return _train_locked(config, out, base_dir, tokenizer, dataset, cuda=cuda, force=force,
+                             on_progress=on_progress)
+
+
+def _train_locked(config: TrainConfig, out: Path, base_dir: Path, tokenizer: Any, dataset: SFTDataset, *,
+                  cuda: bool, force: bool, on_progress: Callable[[TrainProgress], None] | None) -> TrainResult:
     device = "cuda" if cuda else "cpu"
     stored = _prepare_out(out, config, dataset, force=force)
     if stored is not None and stored.get("finished"):
