@@ -81,10 +81,10 @@ def _cases() -> list[tuple[str, Callable[[Any], Callable[[int, dict[str, Any]], 
     cases: list[tuple[str, Callable[[Any], Callable[[int, dict[str, Any]], Any]], dict[str, Any]]] = [
         ("none (clean)", lambda proxy: (lambda n, body: None), {}),
     ]
-    for f in (Fault.status(500), Fault.status(503), Fault.status(429, retry_after=1), Fault.hang(3),
+    for f in (Fault.status(500), Fault.status(503), Fault.status(429, retry_after=1), Fault.hang(20),
               Fault.trickle(400), Fault.malformed_json(), Fault.truncated_body(), Fault.reset(),
               Fault.empty_choices(), Fault.empty_content(), Fault.null_content(), Fault.error_body()):
-        cases.append((str(f), transient(f), {"timeout": 2.0} if f.kind == "hang" else {}))
+        cases.append((str(f), transient(f), {"timeout": 8.0} if f.kind == "hang" else {}))
     cases += [
         ("status:401 (persistent)", persistent(Fault.status(401)), {}),
         ("trickle:1 (persistent, deadline 4 s)", persistent(Fault.trickle(1)), {"deadline_s": 4.0}),

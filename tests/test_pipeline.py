@@ -228,3 +228,18 @@ def test_out_naming_a_file_is_refused(small_corpus: Path, tmp_path: Path) -> Non
     with pytest.raises(ConfigError, match="is a file"):
         run_extract(_config(small_corpus, budget_docs=8), tmp_path / "f")
 
+
+
+def test_summary_counts_chunks_and_skipped_rows(small_corpus: Path, tmp_path: Path) -> None:
+    from equal.pipeline.progress import _read_row
+
+    rows = small_corpus.read_text().splitlines()
+    corpus = tmp_path / "c.jsonl"
+    long_doc = json.dumps({"id": "long", "text": "A sentence about ships and sails. " * 400})
+    corpus.write_text("\n".join([*rows[:60], '{"id": "bad", "text": 3}', long_doc]) + "\n")
+    s = run_extract(_config(corpus, skip_invalid=True, chunk_tokens=128, budget_docs=8), tmp_path / "run")
+    assert s.skipped_rows == 1 and s.source_documents == 61
+    assert s.documents_total > 61  # the long document became several chunks
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["skipped_rows"] == 1
+    label, text = _read_row(s)
+    assert label == "chunks read" and "(of 61 documents)" in text and "1 invalid rows skipped" in text

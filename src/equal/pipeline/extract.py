@@ -8,6 +8,7 @@ an interrupted and resumed run ends with the same pairs as an uninterrupted one.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -47,6 +48,8 @@ class ExtractSummary:
     drops: dict[str, int] = field(default_factory=dict)
     llm_failures: dict[str, int] = field(default_factory=dict)  # llm_failed by reason (http_500, empty_content...)
     tokens_estimated: bool = False  # some token counts were computed locally: the server sent no usage
+    source_documents: int = 0  # corpus documents before chunking (documents_* count chunks)
+    skipped_rows: int = 0  # invalid corpus rows skipped under --skip-invalid
     dataset: str = ""
     report: str = ""
     resumed: bool = False
@@ -157,6 +160,7 @@ def _finish(loop: ExtractionLoop, run: RunDir, config: ExtractConfig, t0: float,
     """Write ``summary.json`` (with the exact distance of every kept pair) and the report."""
     state, ledger = loop.state, loop.ledger
     loop.write_ledger()
+    setup = json.loads(run.setup_done.read_text(encoding="utf-8")) if run.setup_done.exists() else {}
     summary = ExtractSummary(
         run=str(run.root), strategy=config.run.strategy, rounds=state.round,
         documents_read=state.documents_read, documents_total=len(loop.inputs.docs),
@@ -165,7 +169,8 @@ def _finish(loop: ExtractionLoop, run: RunDir, config: ExtractConfig, t0: float,
         tokens_out=ledger.tokens_out, seconds=round(time.perf_counter() - t0, 3),
         ot_distance=loop.exact_distance(), drops=state.drops, llm_failures=dict(sorted(ledger.failures.items())),
         tokens_estimated=ledger.tokens_estimated > 0, dataset=str(run.qa), report=str(run.report),
-        resumed=resumed,
+        resumed=resumed, source_documents=len({d.meta.get("parent_id", d.id) for d in loop.inputs.docs}),
+        skipped_rows=int(setup.get("skipped_rows", 0)),
     )
     atomic_write_json(run.summary, summary.to_dict())
     try:

@@ -83,8 +83,7 @@ class ExtractProgress:
         rows = [
             ("run", summary.run + (" (resumed)" if summary.resumed else "")),
             ("rounds", str(summary.rounds)),
-            ("documents read", f"{summary.documents_read} of {summary.documents_total} "
-                               f"in {summary.clusters} clusters"),
+            _read_row(summary),
             ("pairs kept", str(summary.pairs)),
             ("dropped", ", ".join(f"{k} {v}" for k, v in summary.drops.items()) or "none"),
             ("LLM requests", f"{summary.llm_requests} ({summary.llm_cache_hits} from cache"
@@ -102,6 +101,15 @@ class ExtractProgress:
             table.add_row(k, v)
         Console = type(self.console)
         Console(file=sys.stderr).print(table)
+
+
+def _read_row(summary: Any) -> tuple[str, str]:
+    """What the budget counted: documents, or the chunks of longer documents when the corpus was chunked."""
+    chunked = summary.source_documents and summary.source_documents != summary.documents_total
+    unit, of = ("chunks", f" (of {summary.source_documents} documents)") if chunked else ("documents", "")
+    skipped = f"; {summary.skipped_rows} invalid rows skipped" if summary.skipped_rows else ""
+    return (f"{unit} read", f"{summary.documents_read} of {summary.documents_total}{of} "
+                            f"in {summary.clusters} clusters{skipped}")
 
 
 class TrainProgressBar:

@@ -112,7 +112,9 @@ def prepare_inputs(config: ExtractConfig, run: RunDir, embedder: Any, progress: 
         doc_emb, target_emb, labels, neighbors = stored
         return Inputs(docs, doc_emb, target_texts, target_emb, labels, len(neighbors), neighbors)
 
-    progress(f"embedding {len(docs)} documents")
+    n_source = len({d.meta.get("parent_id", d.id) for d in docs})
+    progress(f"embedding {len(docs)} documents" if n_source == len(docs)
+             else f"embedding {len(docs)} chunks of {n_source} documents")
     doc_emb = embedder.encode([d.text for d in docs], show_progress=True)
     progress(f"embedding {len(target_texts)} target examples")
     target_emb = embedder.encode(target_texts, show_progress=False)
