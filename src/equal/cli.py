@@ -283,7 +283,8 @@ def extract(
                                                 rich_help_panel="Recipe")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="section.key=value (any setting; repeatable).",
                                                    rich_help_panel="Recipe")] = None,
-    force: Annotated[bool, typer.Option(help="Restart OUT if it holds a run with other settings.")] = False,
+    force: Annotated[bool, typer.Option(
+        help="Restart OUT from scratch (other settings, or to re-ask failed answers); the LLM cache is kept.")] = False,
     json_: JsonOpt = False,
     **settings: Any,
 ) -> None:

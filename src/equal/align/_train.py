@@ -138,6 +138,7 @@ def build_trainer(config: AlignConfig, model: Any, rows: Any, out: Path, *, call
     from transformers import PrinterCallback
 
     from equal.align._loss import InfoNCELoss
+    from equal.train._trainer import trainer_defaults
 
     total = _total_steps(config, len(rows))
     # a non-empty widget list makes the trainer skip computing Hub widget examples (a tqdm bar on stderr)
@@ -148,20 +149,8 @@ def build_trainer(config: AlignConfig, model: Any, rows: Any, out: Path, *, call
         max_steps=config.max_steps if config.max_steps is not None else -1,
         per_device_train_batch_size=config.batch_size,
         learning_rate=float(config.lr),
-        lr_scheduler_type="linear",
         warmup_steps=round(config.warmup_ratio * total),
-        weight_decay=0.0,
-        seed=config.seed,
-        data_seed=config.seed,
-        dataloader_num_workers=0,
-        logging_strategy="steps",
-        logging_steps=1,
-        save_strategy="steps",
-        save_steps=config.save_steps,
-        save_total_limit=2,
-        report_to="none",
-        disable_tqdm=True,
-        log_level="error",
+        **trainer_defaults(seed=config.seed, save_steps=config.save_steps),
         use_cpu=not cuda,
     )
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=Dataset.from_dict(rows.columns),

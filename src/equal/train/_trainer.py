@@ -343,6 +343,14 @@ def _callback(on_progress: Callable[[TrainProgress], None] | None, prior_seconds
     return EqualProgress()
 
 
+def trainer_defaults(*, seed: int, save_steps: int) -> dict[str, Any]:
+    """The Trainer arguments ``equal train`` and ``equal align`` share: seeded, a loss every step, two
+    resumable checkpoints kept, equal's own progress instead of tqdm and no reporting integrations."""
+    return dict(lr_scheduler_type="linear", weight_decay=0.0, seed=seed, data_seed=seed, dataloader_num_workers=0,
+                logging_strategy="steps", logging_steps=1, save_strategy="steps", save_steps=save_steps,
+                save_total_limit=2, report_to="none", disable_tqdm=True, log_level="error")
+
+
 def _sft_config(config: TrainConfig, out: Path, *, cuda: bool) -> Any:
     import torch
     from trl import SFTConfig
@@ -354,20 +362,8 @@ def _sft_config(config: TrainConfig, out: Path, *, cuda: bool) -> Any:
         per_device_train_batch_size=config.batch_size,
         gradient_accumulation_steps=config.grad_accum,
         learning_rate=float(config.lr),  # type: ignore[arg-type]
-        lr_scheduler_type="linear",
         warmup_steps=0,
-        weight_decay=0.0,
-        seed=config.seed,
-        data_seed=config.seed,
-        dataloader_num_workers=0,
-        logging_strategy="steps",
-        logging_steps=1,
-        save_strategy="steps",
-        save_steps=config.save_steps,
-        save_total_limit=2,
-        report_to="none",
-        disable_tqdm=True,
-        log_level="error",
+        **trainer_defaults(seed=config.seed, save_steps=config.save_steps),
         # TRL defaults to bf16 everywhere; on CPU float32 is both faster and exact (and pre-Ampere GPUs lack bf16)
         bf16=cuda and torch.cuda.is_bf16_supported(),
         fp16=False,
