@@ -34,6 +34,8 @@ app = typer.Typer(
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON value on stdout and nothing else.")]
 SkipOpt = Annotated[bool, typer.Option("--skip-invalid", help="Skip and count invalid rows instead of failing.")]
+ThreadsOpt = Annotated[int | None, typer.Option(help="torch CPU threads (default: the cores available).")]
+ForceOpt = Annotated[bool, typer.Option(help="Start over if OUT holds a run with other settings.")]
 
 
 def _print_json(obj: Any) -> None:
@@ -427,8 +429,8 @@ def train(
     save_steps: Annotated[int, typer.Option(help="A resumable checkpoint every N steps.")] = 50,
     merge: Annotated[bool, typer.Option("--merge", help="Also write CKPT/merged (adapter merged into the base).")
                      ] = False,
-    threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: the cores available).")] = None,
-    force: Annotated[bool, typer.Option(help="Start over if OUT holds a run with other settings.")] = False,
+    threads: ThreadsOpt = None,
+    force: ForceOpt = False,
     skip_invalid: SkipOpt = False,
     json_: JsonOpt = False,
 ) -> None:
@@ -586,8 +588,8 @@ def align(
     negative_range: Annotated[str, typer.Option(help="Ranks negatives are drawn from, MIN-MAX.")] = "2-200",
     seed: Annotated[int, typer.Option(help="Random seed (negatives, row order, dropout).")] = 0,
     save_steps: Annotated[int, typer.Option(help="A resumable checkpoint every N steps.")] = 50,
-    threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: the cores available).")] = None,
-    force: Annotated[bool, typer.Option(help="Start over if OUT holds a run with other settings.")] = False,
+    threads: ThreadsOpt = None,
+    force: ForceOpt = False,
     skip_invalid: SkipOpt = False,
     json_: JsonOpt = False,
 ) -> None:
