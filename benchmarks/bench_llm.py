@@ -78,6 +78,9 @@ def main(argv: list[str] | None = None) -> None:
         (c,) = ours.generate([msgs], params)
         t_ours += time.perf_counter() - t
         tok_ours += c.tokens_out
+        # equal's default decoding threads follow the idle cores (re-chosen every 30 s): the direct call gets
+        # the same, so the rows compare the calls, not two thread counts
+        llama_cpp.llama_set_n_threads(direct.ctx, ours.threads, ours.threads_batch)
         t = time.perf_counter()
         ref = direct.create_chat_completion(
             messages=msgs, max_tokens=max_tokens, temperature=0.0, top_p=1.0, top_k=0, min_p=0.0,

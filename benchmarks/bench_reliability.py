@@ -65,7 +65,7 @@ KMEANS_MARK = "KMeans: training"  # -v log line: clustering starts
 _TEMP_RE = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp$|^\.tmp-")
 # Fields that differ between an uninterrupted and a resumed run by design: the ledger counts only requests
 # paid for (a resumed run's cache hits are not), and the log lengths follow from those counters.
-_ROUND_VOLATILE = ("llm_requests", "tokens_in", "tokens_out")
+_ROUND_VOLATILE = ("llm_requests", "tokens_in", "tokens_out", "llm_cached", "llm_seconds")
 _STATE_VOLATILE = ("ledger", "rounds_bytes")
 
 

@@ -19,6 +19,27 @@ os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
+def _pin_xdist_worker() -> None:
+    """Give each pytest-xdist worker a core of its own (``make test`` runs one worker per core).
+
+    Every thread pool in equal (torch, BLAS, faiss, llama.cpp) is sized from the process's CPU affinity, and so
+    are the subprocesses a test starts: pinned, two workers never run two pools on one core.
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if not worker.startswith("gw") or count < 2 or not hasattr(os, "sched_setaffinity"):
+        return
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        return
+    per = max(1, len(cores) // count)
+    index = int(worker[2:]) % count
+    os.sched_setaffinity(0, cores[index * per:(index + 1) * per] or cores[-per:])
+
+
+_pin_xdist_worker()
+
+
 def _has_cuda() -> bool:
     try:
         import torch
@@ -43,5 +64,15 @@ def rng() -> np.random.Generator:
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Point equal's on-disk caches at a per-session temporary folder."""
-    monkeypatch.setenv("EQUAL_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "equal-cache"))
+    """Point equal's on-disk caches at a per-session temporary folder.
+
+    Under pytest-xdist each worker has its own, except the dequantised models: those are written atomically
+    under a lock (``LocalLLM``), so the workers share one folder and the bundled GGUF is converted once.
+    """
+    root = tmp_path_factory.getbasetemp() / "equal-cache"
+    monkeypatch.setenv("EQUAL_CACHE_DIR", str(root))
+    if os.environ.get("PYTEST_XDIST_WORKER") and not (root / "models").exists():
+        shared = tmp_path_factory.getbasetemp().parent / "equal-models"
+        shared.mkdir(exist_ok=True)
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "models").symlink_to(shared, target_is_directory=True)

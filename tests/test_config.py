@@ -39,7 +39,7 @@ def test_toml_round_trip(tmp_path: Path) -> None:
     text = path.read_text()
     assert "[bandit]" in text and "[bandit.ucb]\nalpha = 0.001" in text and "[filters.decontam]\nngram = 13" in text
     # the chosen parts' settings are resolved: defaults filled in
-    assert _config().bandit.params == {"ucb": {"alpha": "decay"}}
+    assert _config().bandit.params == {"ucb": {"alpha": "decay", "credit": "uniform", "tau": 0.2}}
     assert _config().filters.params["near"] == {"threshold": 0.8, "num_perm": 128, "ngram": 5}
 
 
@@ -90,7 +90,8 @@ def test_resolve_config_recipe_then_options_then_set(tmp_path: Path) -> None:
     cfg = resolve_config(RECIPE, {"corpus": "c.jsonl", "target": "t.jsonl", "clusters": 30},
                          ["bandit.docs_per_cluster=4", "reward.ot.offset=0.1", 'filters.filters=["exact"]'])
     assert cfg.cluster.clusters == 30 and cfg.cluster.diagonal_covariance and cfg.cluster.cluster_order == "kmeans"
-    assert cfg.bandit.docs_per_cluster == 4 and cfg.bandit.params == {"ucb": {"alpha": 0.001}}
+    assert cfg.bandit.docs_per_cluster == 4
+    assert cfg.bandit.params == {"ucb": {"alpha": 0.001, "credit": "uniform", "tau": 0.2}}
     assert cfg.part_config("reward").offset == 0.1 and cfg.filters.filters == ("exact",)
     assert resolve_config(None, {"corpus": "c", "target": "t", "budget_docs": 3, "filters": "exact, near"}
                           ).filters.filters == ("exact", "near")

@@ -48,8 +48,9 @@ def test_detect_format() -> None:
     assert detect_format(SHAREGPT) == "sharegpt"
     assert detect_format(ALPACA) == "alpaca"
     assert detect_format({"instruction": "only a prompt"}) == "alpaca"
-    with pytest.raises(DataError, match=r"not an SFT record.*'prompt'"):
-        detect_format({"prompt": "x", "completion": "y"})
+    assert detect_format({"prompt": "x", "completion": "y"}) == "prompt_completion"  # TRL
+    with pytest.raises(DataError, match=r"not an SFT record.*'query'"):
+        detect_format({"query": "x", "response": "y"})
     with pytest.raises(DataError, match="got list"):
         detect_format([1])  # type: ignore[arg-type]
 

@@ -153,7 +153,8 @@ def test_llm_killed_mid_round_pays_nothing_twice(proxied: tuple[Any, Any, str], 
     assert trial.phases in (["mid-round"], ["commit"]), trial.phases
     assert trial.paid_twice == 0
     assert trial.in_flight <= 2  # --concurrency 2: only what was in flight at the kill may be asked again
-    assert len(proxy.paid) == 6 and proxy.answered == 6 + trial.in_flight
+    # 6 extraction requests and the one-token preflight, each paid once (a resumed run's preflight is cached)
+    assert len(proxy.paid) == 7 and proxy.answered == 7 + trial.in_flight
     assert not trial.note  # the same-answers run was served from the cache: it paid nothing
     # Against an uninterrupted run given the same answers: byte-identical. (Against a fresh run, the in-flight
     # requests' new answers may differ: llama.cpp's greedy tokens depend, rarely, on the previous prompt.)

@@ -30,7 +30,7 @@ from equal.llm import (  # noqa: E402
     get_llm,
     local_backend,
 )
-from equal.llm.llamacpp import default_threads  # noqa: E402
+from equal.llm.llamacpp import _cpu_jiffies, default_threads, idle_cores  # noqa: E402
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 N_CTX = 1024
@@ -131,18 +131,52 @@ def test_json_schema_output_parses_and_equals_direct(llm: LlamaCppLLM, direct: o
         assert c.text.lstrip().startswith("{")
 
 
-def test_threads_are_honoured() -> None:
-    assert default_threads() == max(1, available_cores() // 2)
+def test_threads_are_honoured_and_do_not_change_answers(greedy: list) -> None:
     for n in (1, 2):
-        model = LlamaCppLLM(threads=n, n_ctx=256)
+        model = LlamaCppLLM(threads=n, n_ctx=N_CTX)
         ctx = model.llama.ctx
         assert model.threads == n
         assert llama_cpp.llama_n_threads(ctx) == n and llama_cpp.llama_n_threads_batch(ctx) == n
+    # the default follows the idle cores, so the cache must not care how many threads an answer ran on
+    assert [c.text for c in model.generate(PROMPTS, GREEDY)] == [c.text for c in greedy]
     default = LlamaCppLLM(n_ctx=256)
-    assert (default.threads, default.threads_batch) == (default_threads(), available_cores())
+    cores = available_cores()
+    assert 1 <= default.threads <= cores and default.threads_batch == cores
     ctx = default.llama.ctx
-    assert (llama_cpp.llama_n_threads(ctx), llama_cpp.llama_n_threads_batch(ctx)) == (default_threads(),
-                                                                                      available_cores())
+    assert (llama_cpp.llama_n_threads(ctx), llama_cpp.llama_n_threads_batch(ctx)) == (default.threads, cores)
+    # a choice older than the re-choice period is made again before the next request and reaches llama.cpp
+    default._threads_at, default.threads = float("-inf"), cores + 7
+    default.generate(PROMPTS[:1], GenerationParams(max_tokens=2))
+    assert 1 <= default.threads <= cores and llama_cpp.llama_n_threads(ctx) == default.threads
+    fixed = LlamaCppLLM(threads=1, n_ctx=256)
+    fixed._threads_at = float("-inf")
+    fixed.generate(PROMPTS[:1], GenerationParams(max_tokens=2))
+    assert fixed.threads == 1 and llama_cpp.llama_n_threads(fixed.llama.ctx) == 1  # --threads is never revised
+
+
+def test_default_threads_follow_the_idle_cores() -> None:
+    cores = available_cores()
+    assert default_threads(0.0) == 1 and default_threads(0.49) == 1  # a busy machine: one thread
+    assert default_threads(1.6) == min(cores, 2)
+    assert default_threads(float(cores)) == cores and default_threads(cores + 3.0) == cores
+    idle = idle_cores()
+    assert idle is not None and 0.0 <= idle <= cores  # Linux: /proc/stat is there
+    assert 1 <= default_threads() <= cores
+
+
+def test_cpu_ticks_equal_psutil() -> None:
+    import os
+
+    psutil = pytest.importorskip("psutil")
+    cpus = set(os.sched_getaffinity(0))
+    idle, total = _cpu_jiffies(cpus)
+    times = psutil.cpu_times(percpu=True)
+    hz = os.sysconf("SC_CLK_TCK")
+    ref_idle = sum(times[c].idle + times[c].iowait for c in cpus) * hz
+    ref_total = sum(sum(getattr(times[c], f) for f in ("user", "nice", "system", "idle", "iowait", "irq",
+                                                         "softirq", "steal")) for c in cpus) * hz
+    # the counters advance between the two reads: a few ticks at most
+    assert abs(idle - ref_idle) <= 50 and abs(total - ref_total) <= 50
 
 
 def test_on_complete_per_request_and_failures_alone(llm: LlamaCppLLM) -> None:

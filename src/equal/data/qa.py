@@ -8,16 +8,17 @@ the same id whatever its provenance, which is what deduplication keys on.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from equal.data.records import content_hash
 from equal.errors import DataError
 
-__all__ = ["QAPair", "qa_id", "read_qa_pairs"]
+__all__ = ["QAPair", "attach_fields", "qa_id", "read_qa_pairs"]
 
 _INT_FIELDS = ("chunk", "cluster", "round")
 _STR_FIELDS = ("doc_id", "model", "prompt_version", "extractor")
@@ -71,6 +72,9 @@ class QAPair:
         ``"llm"`` or ``"rules"``.
     id : str, default=derived
         Content id, :func:`qa_id` of question and answer when not given.
+    fields : dict of str to object, default={}
+        Corpus fields of the source document kept with ``--keep-fields`` (``{"license": "cc-by-4.0"}``);
+        not part of ``id`` (the same pair from two documents is still one pair).
     """
 
     question: str
@@ -83,6 +87,7 @@ class QAPair:
     prompt_version: str = ""
     extractor: str = "llm"
     id: str = field(default="")
+    fields: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         for name in ("question", "answer", *_STR_FIELDS, "id"):
@@ -93,6 +98,8 @@ class QAPair:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise TypeError(f"QAPair.{name} must be an int; got {type(value).__name__} {value!r:.60}.")
+        if not isinstance(self.fields, Mapping):
+            raise TypeError(f"QAPair.fields must be a mapping; got {type(self.fields).__name__}.")
         if not self.id:
             # Frozen dataclass: the derived id is set once, here.
             object.__setattr__(self, "id", qa_id(self.question, self.answer))
@@ -112,9 +119,9 @@ class QAPair:
         """Return the ``RUN/qa.jsonl`` line of this pair (a JSON-serialisable dict).
 
         Keys: ``messages`` (see :meth:`to_messages`), ``id``, ``doc_id``, ``chunk``, ``cluster``, ``round``,
-        ``model``, ``prompt_version``, ``extractor``.
+        ``model``, ``prompt_version``, ``extractor``, and ``fields`` when some corpus fields were kept.
         """
-        return {
+        record = {
             "messages": self.to_messages(),
             "id": self.id,
             "doc_id": self.doc_id,
@@ -125,6 +132,9 @@ class QAPair:
             "prompt_version": self.prompt_version,
             "extractor": self.extractor,
         }
+        if self.fields:
+            record["fields"] = dict(self.fields)
+        return record
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any], *, path: str | None = None,
@@ -177,7 +187,24 @@ class QAPair:
                 if isinstance(value, bool) or not isinstance(value, int):
                     raise fail(f'"{name}" must be an integer; got {value!r:.60}.', name)
                 kwargs[name] = value
+        if record.get("fields") is not None:
+            if not isinstance(record["fields"], Mapping):
+                raise fail(f'"fields" must be an object; got {record["fields"]!r:.60}.', "fields")
+            kwargs["fields"] = dict(record["fields"])
         return cls(question=contents[0], answer=contents[1], **kwargs)
+
+
+def attach_fields(pairs: Iterable[QAPair], docs: Iterable[Any]) -> list[QAPair]:
+    """The pairs with their document's kept corpus fields (``doc.meta["fields"]``) as ``fields``.
+
+    Documents read with ``keep_fields`` (:func:`equal.data.read_documents`) hold them; a pair whose
+    document holds none, or is not among ``docs``, is returned as it is.
+    """
+    kept = {d.id: d.meta["fields"] for d in docs if d.meta.get("fields")}
+    if not kept:
+        return list(pairs)
+    return [dataclasses.replace(p, fields=dict(kept[p.doc_id])) if p.doc_id in kept and not p.fields else p
+            for p in pairs]
 
 
 def read_qa_pairs(path: str | os.PathLike[str]) -> list[QAPair]:

@@ -18,7 +18,8 @@ logger = logging.getLogger(__name__)
 
 
 def _to_document(
-    rec: dict[str, Any], loc: Loc, text_field: str, id_field: str | None, meta_fields: Sequence[str]
+    rec: dict[str, Any], loc: Loc, text_field: str, id_field: str | None, meta_fields: Sequence[str],
+    keep_fields: Sequence[str] = (),
 ) -> Document:
     if text_field not in rec:
         # Name what the record does have: the usual cause is a corpus whose text lives under another key.
@@ -50,6 +51,10 @@ def _to_document(
     for name in meta_fields:
         if name in rec:
             meta[name] = rec[name]
+    if keep_fields:
+        # Their own key, so a corpus column named "source" or "line" cannot overwrite the provenance;
+        # a row without one holds None, so every pair carries the same keys (one Parquet schema).
+        meta["fields"] = {name: rec.get(name) for name in keep_fields}
     return Document(doc_id, text, meta)
 
 
@@ -78,6 +83,8 @@ class DocumentStream(Iterator[Document]):
         id_field: str | None = "id",
         skip_invalid: bool = False,
         meta_fields: Sequence[str] = (),
+        keep_fields: Sequence[str] = (),
+        split: str | None = None,
     ) -> None:
         if not isinstance(text_field, str) or not text_field:
             raise ValueError(f"text_field={text_field!r} must be a non-empty string.")
@@ -85,10 +92,12 @@ class DocumentStream(Iterator[Document]):
             raise ValueError(f"id_field={id_field!r} must be a non-empty string or None.")
         if isinstance(meta_fields, str):
             raise ValueError(f"meta_fields={meta_fields!r} must be a sequence of field names, not a string.")
+        if isinstance(keep_fields, str):
+            raise ValueError(f"keep_fields={keep_fields!r} must be a sequence of field names, not a string.")
         self.path = str(path)
         self._skips = Skips(bool(skip_invalid))
-        self._files = iter_files(Path(path), DOCUMENT_SUFFIXES)
-        self._gen = self._generate(text_field, id_field, tuple(meta_fields))
+        self._files = iter_files(Path(path), DOCUMENT_SUFFIXES, split=split)
+        self._gen = self._generate(text_field, id_field, tuple(meta_fields), tuple(keep_fields))
 
     @property
     def skipped(self) -> int:
@@ -105,16 +114,16 @@ class DocumentStream(Iterator[Document]):
         return next(self._gen)
 
     def _generate(
-        self, text_field: str, id_field: str | None, meta_fields: tuple[str, ...]
+        self, text_field: str, id_field: str | None, meta_fields: tuple[str, ...], keep_fields: tuple[str, ...]
     ) -> Iterator[Document]:
         seen: set[str] = set()
-        columns = [text_field, *([id_field] if id_field else []), *meta_fields]
+        columns = [text_field, *([id_field] if id_field else []), *meta_fields, *keep_fields]
         for file in self._files:
             for loc, value in rows(file, required=(text_field,), columns=columns, text_field=text_field):
                 try:
                     if isinstance(value, DataError):
                         raise value
-                    doc = _to_document(value, loc, text_field, id_field, meta_fields)
+                    doc = _to_document(value, loc, text_field, id_field, meta_fields, keep_fields)
                     if doc.id in seen:
                         if id_field is not None and id_field in value:
                             raise error(loc, f"duplicate id {doc.id!r}", id_field)
@@ -140,6 +149,8 @@ def iter_documents(
     id_field: str | None = "id",
     skip_invalid: bool = False,
     meta_fields: Sequence[str] = (),
+    keep_fields: Sequence[str] = (),
+    split: str | None = None,
 ) -> DocumentStream:
     """Stream the documents of a file or folder (see :func:`read_documents` for the rules).
 
@@ -157,7 +168,8 @@ def iter_documents(
     0
     """
     return DocumentStream(
-        path, text_field=text_field, id_field=id_field, skip_invalid=skip_invalid, meta_fields=meta_fields
+        path, text_field=text_field, id_field=id_field, skip_invalid=skip_invalid, meta_fields=meta_fields,
+        keep_fields=keep_fields, split=split,
     )
 
 
@@ -168,6 +180,8 @@ def read_documents(
     id_field: str | None = "id",
     skip_invalid: bool = False,
     meta_fields: Sequence[str] = (),
+    keep_fields: Sequence[str] = (),
+    split: str | None = None,
 ) -> ReadResult:
     """Read all documents of a file or folder into memory.
 
@@ -179,7 +193,11 @@ def read_documents(
     - ``.csv``: a header row, then one row per document (stdlib ``csv``, quoted fields may span lines).
     - ``.txt`` / ``.md``: the whole file is one document.
     - a folder: every file above, recursively, in sorted relative-path order; names starting with
-      ``.`` are skipped.
+      ``.`` are skipped, and so is a dataset card (a top-level ``README.md`` opening with YAML front
+      matter).
+    - a Hugging Face folder: ``Dataset.save_to_disk`` (its Arrow files), ``DatasetDict.save_to_disk``
+      (the Arrow files of ``split``), or the Hub layout (``data/*.parquet``, ``data/<split>-*.parquet``;
+      the Parquet files of ``split``). Errors name the Arrow/Parquet file and ``row n``.
 
     Parameters
     ----------
@@ -195,6 +213,12 @@ def read_documents(
         Drop invalid rows (counting them, keeping the first 100 messages) instead of raising.
     meta_fields : sequence of str, default=()
         Extra fields copied into ``Document.meta`` when present (e.g. ``("url", "title")``).
+    keep_fields : sequence of str, default=()
+        Fields kept as ``Document.meta["fields"]`` (``{name: value or None}``), the corpus provenance
+        that ``equal extract --keep-fields`` carries into every pair made from the document.
+    split : str or None, default=None
+        Split of a Hugging Face folder with several (a DatasetDict, or Hub files of several splits);
+        the error for a missing or unknown one lists the splits.
 
     Returns
     -------
@@ -214,7 +238,8 @@ def read_documents(
         that does not parse, a CSV header or Parquet schema without ``text_field``.
     """
     stream = iter_documents(
-        path, text_field=text_field, id_field=id_field, skip_invalid=skip_invalid, meta_fields=meta_fields
+        path, text_field=text_field, id_field=id_field, skip_invalid=skip_invalid, meta_fields=meta_fields,
+        keep_fields=keep_fields, split=split,
     )
     items = list(stream)
     return ReadResult(items=items, skipped=stream.skipped, errors=list(stream.errors), path=stream.path)

@@ -132,7 +132,7 @@ class SFTReadResult:
     ----------
     records : list of dict
         The valid records exactly as the file holds them (not converted).
-    format : {"messages", "sharegpt", "alpaca"}
+    format : {"messages", "sharegpt", "alpaca", "qa", "prompt_completion"}
         The format shared by every record.
     skipped : int
         Number of invalid rows dropped (only non-zero with ``skip_invalid=True``).

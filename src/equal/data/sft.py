@@ -1,10 +1,13 @@
-"""SFT records in the three common forms, and conversion between them.
+"""SFT records in the common forms, and conversion between them.
 
-=========  ====================================================================================
-messages   ``{"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}`` (OpenAI)
-sharegpt   ``{"conversations": [{"from": "system"|"human"|"gpt", "value": str}, ...]}`` (FastChat)
-alpaca     ``{"instruction": str, "input": str, "output": str}`` (Stanford Alpaca; optional ``system``)
-=========  ====================================================================================
+=================  ============================================================================
+messages           ``{"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}``
+sharegpt           ``{"conversations": [{"from": "system"|"human"|"gpt", "value": str}, ...]}``
+alpaca             ``{"instruction": str, "input": str, "output": str}`` (optional ``system``)
+qa                 ``{"question": str, "answer": str}`` (GSM8K and most Q&A datasets)
+prompt_completion  TRL's ``{"prompt": str, "completion": str}``, or conversational: ``prompt`` a list
+                   of messages, ``completion`` a list of assistant messages
+=================  ============================================================================
 
 The canonical in-memory form is the messages list ``[{"role": ..., "content": ...}, ...]``; every
 conversion goes through it. Alpaca maps to one user turn (``instruction``, plus ``"\\n\\n" + input``
@@ -28,6 +31,8 @@ from equal.errors import DataError
 
 __all__ = [
     "FORMATS",
+    "INPUT_FORMATS",
+    "SFT_KEYS",
     "SFTFormat",
     "detect_format",
     "from_messages",
@@ -37,8 +42,13 @@ __all__ = [
     "write_sft",
 ]
 
-SFTFormat = Literal["messages", "sharegpt", "alpaca"]
+SFTFormat = Literal["messages", "sharegpt", "alpaca", "qa", "prompt_completion"]
+#: The forms any conversation can be written in.
 FORMATS: tuple[str, ...] = ("messages", "sharegpt", "alpaca")
+#: Every form read (and written, for the conversations it can hold): FORMATS plus the single-exchange ones.
+INPUT_FORMATS: tuple[str, ...] = (*FORMATS, "qa", "prompt_completion")
+#: Keys that make a record an SFT record (:func:`detect_format`), for callers that tell SFT from text.
+SFT_KEYS: tuple[str, ...] = ("messages", "conversations", "instruction", "prompt", "question")
 ROLES = ("system", "user", "assistant")
 
 # ShareGPT dumps use several speaker names; FastChat's own are human/gpt/system.
@@ -60,6 +70,8 @@ _FORMAT_KEYS: dict[str, frozenset[str]] = {
     "messages": frozenset({"messages"}),
     "sharegpt": frozenset({"conversations"}),
     "alpaca": frozenset({"instruction", "input", "output", "system"}),
+    "qa": frozenset({"question", "answer"}),
+    "prompt_completion": frozenset({"prompt", "completion"}),
 }
 
 _MISSING = object()
@@ -70,8 +82,8 @@ def _field_error(field: str, message: str) -> DataError:
 
 
 def _check_fmt(fmt: object) -> str:
-    if fmt not in FORMATS:
-        raise ValueError(f"fmt={fmt!r} must be one of {', '.join(map(repr, FORMATS))}.")
+    if fmt not in INPUT_FORMATS:
+        raise ValueError(f"fmt={fmt!r} must be one of {', '.join(map(repr, INPUT_FORMATS))}.")
     return cast(str, fmt)
 
 
@@ -79,8 +91,9 @@ def detect_format(record: dict[str, Any]) -> SFTFormat:
     """Tell which SFT form a record is in, from its keys.
 
     ``"messages"`` if it has a ``messages`` key, else ``"sharegpt"`` if it has ``conversations``,
-    else ``"alpaca"`` if it has ``instruction``. Only the keys are looked at; :func:`to_messages`
-    checks the content.
+    else ``"alpaca"`` if it has ``instruction``, else ``"prompt_completion"`` if it has ``prompt``,
+    else ``"qa"`` if it has ``question``. Only the keys are looked at; :func:`to_messages` checks
+    the content.
 
     Parameters
     ----------
@@ -89,7 +102,7 @@ def detect_format(record: dict[str, Any]) -> SFTFormat:
 
     Returns
     -------
-    {"messages", "sharegpt", "alpaca"}
+    {"messages", "sharegpt", "alpaca", "qa", "prompt_completion"}
 
     Raises
     ------
@@ -104,10 +117,15 @@ def detect_format(record: dict[str, Any]) -> SFTFormat:
         return "sharegpt"
     if "instruction" in record:
         return "alpaca"
+    if "prompt" in record:
+        return "prompt_completion"
+    if "question" in record:
+        return "qa"
     keys = ", ".join(repr(k) for k in list(record)[:10]) or "none"
     raise DataError(
-        'not an SFT record: expected "messages" (OpenAI), "conversations" (ShareGPT) or '
-        f'"instruction"/"input"/"output" (Alpaca); got keys {keys}'
+        'not an SFT record: expected "messages" (OpenAI), "conversations" (ShareGPT), '
+        '"instruction"/"input"/"output" (Alpaca), "prompt"/"completion" (TRL) or "question"/"answer"; '
+        f"got keys {keys}"
     )
 
 
@@ -202,6 +220,47 @@ def _alpaca(record: dict[str, Any]) -> list[dict[str, str]]:
     return out
 
 
+def _required_str(record: dict[str, Any], key: str) -> str:
+    value = record.get(key, _MISSING)
+    if value is _MISSING or value is None:
+        raise _field_error(key, "missing")
+    if not isinstance(value, str):
+        raise _field_error(key, f"expected a string, got {type_name(value)}")
+    return value
+
+
+def _qa(record: dict[str, Any]) -> list[dict[str, str]]:
+    return [{"role": "user", "content": _required_str(record, "question")},
+            {"role": "assistant", "content": _required_str(record, "answer")}]
+
+
+def _prompt_completion(record: dict[str, Any]) -> list[dict[str, str]]:
+    prompt = record.get("prompt", _MISSING)
+    completion = record.get("completion", _MISSING)
+    if completion is _MISSING or completion is None:
+        # TRL's prompt-only records (preference data, GRPO prompts) hold no answer to learn from.
+        raise _field_error("completion", "missing (a prompt-only record is not SFT data)")
+    if isinstance(prompt, list):
+        if not prompt:
+            raise _field_error("prompt", "no turns")
+        out = _check_messages(prompt, "prompt")
+    else:
+        out = [{"role": "user", "content": _required_str(record, "prompt")}]
+    if isinstance(completion, list):
+        if not completion:
+            raise _field_error("completion", "no turns")
+        turns = _check_messages(completion, "completion")
+        for i, turn in enumerate(turns):
+            if turn["role"] != "assistant":
+                raise _field_error(f"completion[{i}].role", f"must be 'assistant'; got {turn['role']!r}")
+        out.extend(turns)
+    elif isinstance(completion, str):
+        out.append({"role": "assistant", "content": completion})
+    else:
+        raise _field_error("completion", f"expected a string or a list of messages, got {type_name(completion)}")
+    return out
+
+
 def to_messages(
     record: dict[str, Any] | list[dict[str, Any]], fmt: str | None = None
 ) -> list[dict[str, str]]:
@@ -210,8 +269,8 @@ def to_messages(
     Parameters
     ----------
     record : dict or list of dict
-        A record in any of the three forms, or already a messages list.
-    fmt : {"messages", "sharegpt", "alpaca"} or None, default=None
+        A record in any of the forms of :data:`INPUT_FORMATS`, or already a messages list.
+    fmt : {"messages", "sharegpt", "alpaca", "qa", "prompt_completion"} or None, default=None
         The record's form; None detects it with :func:`detect_format`.
 
     Returns
@@ -246,6 +305,10 @@ def to_messages(
             msgs, key = _check_messages(_turns(record, "messages")), "messages"
         elif fmt == "sharegpt":
             msgs, key = _sharegpt(record), "conversations"
+        elif fmt == "qa":
+            msgs, key = _qa(record), "question"
+        elif fmt == "prompt_completion":
+            msgs, key = _prompt_completion(record), "prompt"
         else:
             msgs, key = _alpaca(record), "instruction"
     if not any(m["content"].strip() for m in msgs):
@@ -260,7 +323,7 @@ def from_messages(messages: Sequence[dict[str, Any]], fmt: str) -> dict[str, Any
     ----------
     messages : list of dict
         ``[{"role": ..., "content": ...}, ...]``.
-    fmt : {"messages", "sharegpt", "alpaca"}
+    fmt : {"messages", "sharegpt", "alpaca", "qa", "prompt_completion"}
         Target form.
 
     Returns
@@ -283,6 +346,19 @@ def from_messages(messages: Sequence[dict[str, Any]], fmt: str) -> dict[str, Any
         return {"messages": msgs}
     if fmt == "sharegpt":
         return {"conversations": [{"from": _ROLE_FROM[m["role"]], "value": m["content"]} for m in msgs]}
+    roles_all = [m["role"] for m in msgs]
+    if fmt == "qa":
+        if roles_all != ["user", "assistant"]:
+            raise DataError(f"qa holds one user turn and one assistant turn; got roles {roles_all}",
+                            field="messages")
+        return {"question": msgs[0]["content"], "answer": msgs[1]["content"]}
+    if fmt == "prompt_completion":
+        if roles_all[-1] != "assistant" or len(msgs) < 2:
+            raise DataError(f"prompt_completion needs a prompt and a final assistant turn; got roles {roles_all}",
+                            field="messages")
+        if roles_all == ["user", "assistant"]:
+            return {"prompt": msgs[0]["content"], "completion": msgs[1]["content"]}
+        return {"prompt": msgs[:-1], "completion": msgs[-1:]}  # TRL's conversational form
     system = msgs[0]["content"] if msgs[0]["role"] == "system" else None
     rest = msgs[1:] if system is not None else msgs
     roles = [m["role"] for m in rest]
@@ -324,7 +400,7 @@ def render_text(record_or_messages: dict[str, Any] | list[dict[str, Any]]) -> st
 
 
 def read_sft(
-    path: str | os.PathLike[str], *, skip_invalid: bool = False, fmt: str | None = None
+    path: str | os.PathLike[str], *, skip_invalid: bool = False, fmt: str | None = None, split: str | None = None
 ) -> SFTReadResult:
     """Read SFT records from a ``.jsonl``/``.ndjson``/``.json``/``.parquet`` file or a folder of them.
 
@@ -338,8 +414,10 @@ def read_sft(
         File or folder (read recursively in sorted order, hidden names skipped).
     skip_invalid : bool, default=False
         Drop invalid records (counted, first 100 messages kept) instead of raising.
-    fmt : {"messages", "sharegpt", "alpaca"} or None, default=None
+    fmt : {"messages", "sharegpt", "alpaca", "qa", "prompt_completion"} or None, default=None
         Required form; None detects it.
+    split : str or None, default=None
+        Split of a Hugging Face folder (``save_to_disk`` DatasetDict, or Hub ``data/<split>-*.parquet``).
 
     Returns
     -------
@@ -355,7 +433,7 @@ def read_sft(
     """
     want = None if fmt is None else _check_fmt(fmt)
     detect = want is None
-    files = iter_files(Path(path), SFT_SUFFIXES)
+    files = iter_files(Path(path), SFT_SUFFIXES, split=split)
     records: list[dict[str, Any]] = []
     skips = Skips(skip_invalid)
     first: str | None = None  # where the detected format came from
@@ -414,7 +492,7 @@ def write_sft(path: str | os.PathLike[str], records: Iterable[Any], fmt: str) ->
     records : iterable of (dict or list of dict)
         Records in any form (converted to ``fmt``; keys that are not part of their form, such as
         provenance, are kept) or messages lists. Records already in ``fmt`` are written unchanged.
-    fmt : {"messages", "sharegpt", "alpaca"}
+    fmt : {"messages", "sharegpt", "alpaca", "qa", "prompt_completion"}
         Form to write.
 
     Returns

@@ -77,7 +77,8 @@ class Embedder(ABC):
         """
 
     def encode(
-        self, texts: Sequence[str], *, batch_size: int | None = None, show_progress: bool = False
+        self, texts: Sequence[str], *, batch_size: int | None = None,
+        show_progress: bool | Callable[[int, int], None] = False,
     ) -> np.ndarray:
         """Embed ``texts``.
 
@@ -87,8 +88,9 @@ class Embedder(ABC):
             The texts, of length n. A bare ``str`` is refused (it would be embedded character by character).
         batch_size : int or None, default=None
             Texts per model call; ``None`` uses the instance's ``batch_size``.
-        show_progress : bool, default=False
-            Draw a rich progress bar over batches on stderr.
+        show_progress : bool or callable, default=False
+            Draw a rich progress bar over batches on stderr; a callable ``f(done, total)`` is called after
+            each batch instead (the caller draws).
 
         Returns
         -------
@@ -174,8 +176,20 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> Iterator[n
 
 
 @contextmanager
-def progress_bar(total: int, description: str, enabled: bool) -> Iterator[ProgressFn]:
-    """Yield ``advance(k)``; draws a rich bar on stderr when ``enabled`` (rich stays quiet off a terminal)."""
+def progress_bar(total: int, description: str, enabled: bool | Callable[[int, int], None]) -> Iterator[ProgressFn]:
+    """Yield ``advance(k)``; draws a rich bar on stderr when ``enabled`` (rich stays quiet off a terminal).
+
+    A callable ``enabled`` is called as ``enabled(done, total)`` on every advance instead of drawing.
+    """
+    if callable(enabled):
+        done = [0]
+
+        def advance(k: int) -> None:
+            done[0] += k
+            enabled(done[0], total)
+
+        yield advance
+        return
     if not enabled:
         yield lambda k: None
         return

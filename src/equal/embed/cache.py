@@ -13,7 +13,7 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -179,7 +179,8 @@ class CachedEmbedder(Embedder):
             raise
 
     def encode(
-        self, texts: Sequence[str], *, batch_size: int | None = None, show_progress: bool = False
+        self, texts: Sequence[str], *, batch_size: int | None = None,
+        show_progress: bool | Callable[[int, int], None] = False,
     ) -> np.ndarray:
         """Embed ``texts``, reading cached vectors and computing (and storing) only the missing ones.
 
@@ -189,8 +190,9 @@ class CachedEmbedder(Embedder):
             The texts, of length n.
         batch_size : int or None, default=None
             Passed to the backend for the missing texts.
-        show_progress : bool, default=False
-            Rich progress bar over the missing texts on stderr.
+        show_progress : bool or callable, default=False
+            Rich progress bar over the missing texts on stderr; a callable ``f(done, total)`` is called after
+            every batch the backend computes instead (over the missing texts).
 
         Returns
         -------
@@ -219,12 +221,17 @@ class CachedEmbedder(Embedder):
             with progress_bar(len(misses), "embedding (new texts)", show_progress) as advance:
                 for start in range(0, len(misses), self.chunk_size):
                     part = misses[start : start + self.chunk_size]
-                    X = self.embedder.encode([first_text[k] for k in part], batch_size=batch_size)
+                    # a callable hears of every backend batch, not only of every chunk stored
+                    inner = ((lambda d, _t, base=start: show_progress(base + d, len(misses)))  # type: ignore[misc]
+                             if callable(show_progress) else False)
+                    X = self.embedder.encode([first_text[k] for k in part], batch_size=batch_size,
+                                             show_progress=inner)
                     blobs = [X[i].tobytes() for i in range(len(part))]
                     with self._lock:
                         self._store(part, blobs, X.shape[1])
                     found.update(zip(part, blobs, strict=True))
-                    advance(len(part))
+                    if not callable(show_progress):
+                        advance(len(part))
         blobs = [found[k] for k in keys]
         itemsize = np.dtype(np.float32).itemsize
         d = len(blobs[0]) // itemsize

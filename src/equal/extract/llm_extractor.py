@@ -19,6 +19,7 @@ from equal.extract.prompts import (
     build_extract_messages,
     build_refine_messages,
     extract_instructions,
+    prompt_version,
     refine_instructions,
     truncate_text,
 )
@@ -67,6 +68,10 @@ class LLMExtractor:
         backend ignores it; parsing stays tolerant either way. Off by default because it changes the
         request-cache key of existing JSON-style runs, and a server that refuses the first wire form
         (llama-cpp-python answers ``json_schema`` with HTTP 500) gets one extra request per process.
+    template : str, optional
+        A prompt template (:func:`~equal.extract.prompts.load_prompt_template`) for the user turn.
+    examples : sequence of str, default=()
+        Few-shot target examples shown in every extraction request.
     """
 
     def __init__(
@@ -81,6 +86,8 @@ class LLMExtractor:
         max_doc_chars: int = DEFAULT_MAX_DOC_CHARS,
         prompt_style: str = "json",
         structured: bool = False,
+        template: str | None = None,
+        examples: Sequence[str] = (),
     ) -> None:
         if prompt_style not in PROMPT_STYLES:
             raise ValueError(f"prompt_style={prompt_style!r} must be one of {', '.join(PROMPT_STYLES)}.")
@@ -105,12 +112,20 @@ class LLMExtractor:
         self.min_chars = min_chars
         self.max_chars = max_chars
         self.max_doc_chars = max_doc_chars
+        self.template = template
+        self.examples = tuple(examples)
+        self._version = prompt_version(prompt_style, template=template, n_examples=len(self.examples))
 
     @property
     def prompt_version(self) -> str:
         """Version stored in the pairs: ``"qa-v1"``, or ``"qa-v1+refine-v1"`` for refined pairs."""
-        base = PROMPT_STYLES[self.prompt_style]
-        return base + "+" + REFINE_VERSION if self.refine else base
+        return self._version + "+" + REFINE_VERSION if self.refine else self._version
+
+    def extract_requests(self, docs: Sequence[DocumentLike]) -> list[list[dict[str, str]]]:
+        """The extraction requests :meth:`extract` sends for ``docs`` (one per document; the dry run counts them)."""
+        return [build_extract_messages(d.text, max_pairs=self.max_pairs, max_doc_chars=self.max_doc_chars,
+                                       style=self.prompt_style, template=self.template, examples=self.examples)
+                for d in docs]
 
     def _generate(self, requests: list[list[dict[str, str]]]) -> list[Completion]:
         if not requests:
@@ -178,16 +193,13 @@ class LLMExtractor:
         docs = list(docs)
         clusters = per_doc_clusters(cluster, len(docs))
         views = [truncate_text(doc.text, self.max_doc_chars) for doc in docs]
-        requests = [build_extract_messages(d.text, max_pairs=self.max_pairs, max_doc_chars=self.max_doc_chars,
-                                           style=self.prompt_style)
-                    for d in docs]
-        first = self._generate(requests)
+        first = self._generate(self.extract_requests(docs))
         completions = list(first)
 
-        instructions = extract_instructions(max_pairs=self.max_pairs, style=self.prompt_style)
+        instructions = extract_instructions(max_pairs=self.max_pairs, style=self.prompt_style, template=self.template)
         drops: Counter[str] = Counter()
         failed: list[str] = []
-        chosen: list[tuple[list[tuple[str, str]], str]] = [([], PROMPT_STYLES[self.prompt_style]) for _ in docs]
+        chosen: list[tuple[list[tuple[str, str]], str]] = [([], self._version) for _ in docs]
         first_drops: list[Counter[str]] = [Counter() for _ in docs]
         drafts: dict[int, list[tuple[str, str]]] = {}
         for i, (doc, comp) in enumerate(zip(docs, first, strict=True)):
@@ -199,7 +211,7 @@ class LLMExtractor:
             if not raw:
                 count(drops, "no_pairs_parsed")
                 continue
-            chosen[i] = (self._select(raw, views[i], instructions, first_drops[i]), PROMPT_STYLES[self.prompt_style])
+            chosen[i] = (self._select(raw, views[i], instructions, first_drops[i]), self._version)
             if self.refine:
                 usable = [(q, a) for q, a in raw if q.strip()][: self.max_pairs]
                 if usable:
@@ -219,12 +231,12 @@ class LLMExtractor:
                 if refined:
                     refine_drops: Counter[str] = Counter()
                     chosen[i] = (self._select(refined, views[i], refine_text, refine_drops),
-                                 PROMPT_STYLES[self.prompt_style] + "+" + REFINE_VERSION)
+                                 self._version + "+" + REFINE_VERSION)
                     first_drops[i] = refine_drops
                 elif comp.ok and _EMPTY_JSON_LIST in "".join((comp.text or "").split()):
                     # The model judged no draft supported by the document: that is a result, not a failure.
                     count(drops, "refine_removed", len(drafts[i]))
-                    chosen[i] = ([], PROMPT_STYLES[self.prompt_style] + "+" + REFINE_VERSION)
+                    chosen[i] = ([], self._version + "+" + REFINE_VERSION)
                     first_drops[i] = Counter()
                 else:
                     refine_failed.append(docs[i].id)

@@ -51,13 +51,13 @@ import os
 import threading
 import time
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from equal.data.sqlite import connect_wal
 from equal.llm.base import LLM, Completion, GenerationParams, Message, OnComplete
 
-__all__ = ["CachedLLM", "cache_key", "canonical_request"]
+__all__ = ["CachedLLM", "LLMProgress", "cache_key", "canonical_request"]
 
 logger = logging.getLogger(__name__)
 
@@ -132,6 +132,31 @@ def _accepts_on_complete(llm: object) -> bool:
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class LLMProgress:
+    """Where one :meth:`CachedLLM.generate` call stands, handed to ``CachedLLM.on_progress`` per answer.
+
+    Attributes
+    ----------
+    done : int
+        Requests of the call answered so far (cache hits and failures included).
+    total : int
+        Requests in the call.
+    cached : int
+        Of ``done``, answered from the cache.
+    tokens_out : int
+        Tokens generated for the fresh answers of the call so far.
+    seconds : float
+        Since the call began.
+    """
+
+    done: int
+    total: int
+    cached: int
+    tokens_out: int
+    seconds: float
+
+
 class CachedLLM:
     """Wrap an :class:`~equal.llm.base.LLM` with a persistent SQLite request cache.
 
@@ -148,7 +173,12 @@ class CachedLLM:
     :class:`~equal.llm.Ledger` does not count them again). Identical requests within one call are sent
     once; the copies of a success come back with ``cached=True``. See the module docstring for the key
     and for why failures are retried.
+
+    ``on_progress``, when set (by the display layer), is called with an :class:`LLMProgress` after every
+    answer of a :meth:`generate` call, once the answer is stored.
     """
+
+    on_progress: Callable[[LLMProgress], None] | None = None
 
     def __init__(self, llm: LLM, cache_path: str | os.PathLike[str]) -> None:
         if not hasattr(llm, "generate") or not hasattr(llm, "model"):
@@ -243,6 +273,7 @@ class CachedLLM:
         hits first).
         """
         model = self.llm.model
+        on_complete = self._observed(len(requests), on_complete)
         canon = [canonical_request(model, msgs, params) for msgs in requests]
         keys = [hashlib.sha256(c.encode("utf-8")).hexdigest() for c in canon]
         results: list[Completion | None] = [None] * len(requests)
@@ -293,3 +324,27 @@ class CachedLLM:
         for j, c in enumerate(out):
             finish(j, c)  # no-op for those already stored through on_complete
         return [c for c in results if c is not None]
+
+    def _observed(self, total: int, on_complete: OnComplete | None) -> OnComplete | None:
+        """``on_complete`` plus the ``on_progress`` report (counting each request once)."""
+        listener = self.on_progress
+        if listener is None:
+            return on_complete
+        t0 = time.perf_counter()
+        seen: set[int] = set()
+        counts = {"cached": 0, "tokens": 0}
+
+        def report(i: int, c: Completion) -> None:
+            if on_complete is not None:
+                on_complete(i, c)
+            if i in seen:
+                return
+            seen.add(i)
+            if c.cached:
+                counts["cached"] += 1
+            elif c.ok:
+                counts["tokens"] += int(c.tokens_out)
+            listener(LLMProgress(len(seen), total, counts["cached"], counts["tokens"], time.perf_counter() - t0))
+
+        listener(LLMProgress(0, total, 0, 0, 0.0))
+        return report

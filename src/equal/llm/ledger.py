@@ -58,6 +58,8 @@ class Ledger:
     -----
     ``est_flops = 2 · n_params · (tokens_in + tokens_out)``, the usual forward-pass estimate (one multiply
     and one add per parameter per token), ignoring attention's context-length term.
+    ``est_cost = (tokens_in · price_in_per_1m + tokens_out · price_out_per_1m) / 10^6`` (:meth:`price`); the
+    prices are ``[llm] price_in`` / ``price_out`` of ``equal extract``.
     """
 
     requests: int = 0
@@ -126,10 +128,23 @@ class Ledger:
 
     @property
     def est_cost(self) -> float | None:
+        return self.price(self.tokens_in, self.tokens_out)
+
+    def price(self, tokens_in: float, tokens_out: float) -> float | None:
+        """Money of ``tokens_in`` prompt and ``tokens_out`` generated tokens at this ledger's prices.
+
+        None when no price is known; a missing one of the two prices counts as 0.
+        """
         if self.price_in_per_1m is None and self.price_out_per_1m is None:
             return None
-        return (self.tokens_in * (self.price_in_per_1m or 0.0)
-                + self.tokens_out * (self.price_out_per_1m or 0.0)) / 1e6
+        return (tokens_in * (self.price_in_per_1m or 0.0) + tokens_out * (self.price_out_per_1m or 0.0)) / 1e6
+
+    def per_pair(self, pairs: int) -> dict[str, float | None]:
+        """``cost_per_pair`` and ``flops_per_pair``: :attr:`est_cost` and :attr:`est_flops` over ``pairs`` kept
+        pairs (None when unknown or no pair was kept)."""
+        cost, flops = self.est_cost, self.est_flops
+        return {"cost_per_pair": None if cost is None or pairs <= 0 else cost / pairs,
+                "flops_per_pair": None if flops is None or pairs <= 0 else flops / pairs}
 
     def to_dict(self) -> dict[str, Any]:
         """Fields plus the derived ``sent``, ``est_flops`` and ``est_cost`` (JSON-ready)."""

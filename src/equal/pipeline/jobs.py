@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,16 +121,38 @@ def embed_file(
     batch_size: int | None = None,
     cache: bool = True,
     show_progress: bool = False,
+    ray: str | None = None,
+    ray_actors: int | None = None,
 ) -> dict[str, Any]:
-    """Embed the texts of ``path`` into ``out`` (.npy, float32) with a manifest ``out.json`` and ids file."""
-    from equal.embed import CachedEmbedder, get_embedder
+    """Embed the texts of ``path`` into ``out`` (.npy, float32) with a manifest ``out.json`` and ids file.
+
+    With ``ray`` (``"local"``, ``"auto"`` or an address) the model runs in Ray actors
+    (:class:`equal.distributed.RayEmbedder`); the vectors, the cache and the files are those of a local run.
+    """
+    if ray:
+        from equal.distributed import RayEmbedder, ray_session
+
+        with ray_session(ray):
+            return _embed_file(path, out, lambda: RayEmbedder(embedder, actors=ray_actors), field=field,
+                               id_field=id_field, skip_invalid=skip_invalid, batch_size=batch_size, cache=cache,
+                               show_progress=show_progress)
+    from equal.embed import get_embedder
+
+    return _embed_file(path, out, lambda: get_embedder(embedder), field=field, id_field=id_field,
+                       skip_invalid=skip_invalid, batch_size=batch_size, cache=cache, show_progress=show_progress)
+
+
+def _embed_file(path: str | Path, out: str | Path, make_model: Callable[[], Any], *, field: str | None,
+                id_field: str | None, skip_invalid: bool, batch_size: int | None, cache: bool,
+                show_progress: bool) -> dict[str, Any]:
+    from equal.embed import CachedEmbedder
 
     out = check_suffix(out, (".npy",), "the embeddings file")
     src = read_texts(path, field=field, id_field=id_field, skip_invalid=skip_invalid)
     if not src.texts:
         why = f" ({src.skipped} invalid rows skipped)" if src.skipped else ""
         raise DataError(f"no texts to embed: the input is empty{why}", path=str(path))
-    model = get_embedder(embedder)
+    model = make_model()  # after the input is read, so bad input fails before any model loads
     enc = CachedEmbedder(model) if cache else model
     X = enc.encode(src.texts, batch_size=batch_size, show_progress=show_progress)
     save_npy(out, X)
@@ -358,12 +381,15 @@ def select_file(
     distance_power: float = 1.0,
     threshold: float | None = None,
     show_progress: bool = False,
+    iterative: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Select ``k`` records of ``pool`` with ``method``; write them (pool's own format) and the indices.
 
     ``OUT.indices.json`` holds the row indices in selection order. For an ``.npy`` pool only the indices
     file is written. Options a method does not take are ignored (``--neighbors`` only affects NovelSelect,
     ``--clusters`` the k-means methods, which default to ``max(1, round(sqrt(n)))`` clusters).
+    ``iterative`` holds the options of ``kmq-iterative`` (see :func:`_kmq_iterative`); its per-round
+    allocation, weights and scores come back under ``"kmq_iterative"``.
     """
     import inspect
 
@@ -398,7 +424,13 @@ def select_file(
         from equal import l2_normalize
 
         X = l2_normalize(X)  # the k-means and distance methods work on unit vectors
-    selection = select(X, k, method=method, **kw)
+    rounds_info = None
+    if method == "kmq-iterative":
+        selection, rounds_info = _kmq_iterative(X, src, out, k=k, seed=seed, quality=quality,
+                                                n_clusters=kw["n_clusters"], embedder=embedder,
+                                                show_progress=show_progress, **(iterative or {}))
+    else:
+        selection = select(X, k, method=method, **kw)
     indices = [int(i) for i in selection.indices]
     out = Path(out)
     written = None
@@ -411,6 +443,76 @@ def select_file(
         written = str(out)
     indices_path = Path(str(out) + ".indices.json")
     atomic_write_text(indices_path, json.dumps(indices) + "\n")
-    return {"pool": str(pool), "method": method, "k": k, "n": len(X), "output": written,
-            "indices": str(indices_path), "params": {key: v for key, v in kw.items() if key != "quality"},
-            "quality_field": quality_field}
+    info = {"pool": str(pool), "method": method, "k": k, "n": len(X), "output": written,
+           "indices": str(indices_path), "params": {key: v for key, v in kw.items() if key != "quality"},
+           "quality_field": quality_field}
+    if rounds_info is not None:
+        info["kmq_iterative"] = rounds_info
+    return info
+
+
+def _kmq_iterative(
+    X: np.ndarray,
+    src: TextSource | None,
+    out: str | Path,
+    *,
+    k: int,
+    seed: int,
+    quality: np.ndarray | None,
+    n_clusters: int,
+    embedder: str | None,
+    rounds: int = 1,
+    model: str = "bundled",
+    scorer: str = "embed",
+    reweight: str = "softmax",
+    work: str | Path | None = None,
+    max_steps: int | None = None,
+    max_length: int | None = None,
+    max_new_tokens: int = 128,
+    judge_model: str | None = None,
+    judge_url: str | None = None,
+    threads: int | None = None,
+    force: bool = False,
+    show_progress: bool = False,
+) -> tuple[Any, dict[str, Any]]:
+    """``--method kmq-iterative``: :func:`equal.pipeline.kmq_iterative.iterative_kmq` on the pool's records.
+
+    ``rounds=1`` is kMQ with uniform cluster weights (no training, nothing written beside OUT); more rounds
+    keep their state in ``work`` (default ``OUT.rounds/``) and resume from it. The judge is the local model
+    ``judge_model`` (default the bundled one) or, with ``judge_url``, that OpenAI-compatible server.
+    """
+    from equal.pipeline.kmq_iterative import IterativeKMQConfig, iterative_kmq
+    from equal.select import Selection
+    from equal.train import TrainConfig
+
+    if rounds > 1 and (src is None or src.records is None or src.kind == "documents"):
+        raise ConfigError("--rounds > 1 fine-tunes on the pool's records: give an SFT pool (messages, "
+                          "ShareGPT or Alpaca), not embeddings or documents")
+    train_kw: dict[str, Any] = {"model": model, "threads": threads}
+    if max_steps is not None:
+        train_kw["max_steps"] = max_steps
+    if max_length is not None:
+        train_kw["max_length"] = max_length
+    config = IterativeKMQConfig(k=k, rounds=rounds, n_clusters=n_clusters, scorer=scorer, reweight=reweight,
+                                max_new_tokens=max_new_tokens, seed=seed, train=TrainConfig(**train_kw))
+    judge = None
+    if rounds > 1 and scorer == "judge":
+        from equal.llm import get_llm
+
+        judge = (get_llm("openai", model=judge_model, base_url=judge_url) if judge_url
+                 else get_llm("local", model=judge_model))
+    enc = None
+    if rounds > 1 and scorer == "embed":
+        from equal.embed import CachedEmbedder, get_embedder
+
+        enc = CachedEmbedder(get_embedder(embedder))
+    records = src.records if src is not None and src.records is not None else [None] * len(X)
+    work_dir = Path(work) if work is not None else Path(str(out) + ".rounds")
+    from equal.pipeline.progress import TrainProgressBar
+
+    with TrainProgressBar(enabled=show_progress and rounds > 1) as bar:
+        res = iterative_kmq(records, X, config, work_dir=work_dir if rounds > 1 else None, quality=quality,
+                            embedder=enc, judge=judge, force=force, on_train_progress=bar.update)
+    params = {"k": k, "rounds": rounds, "n_clusters": res.n_clusters, "seed": seed}
+    selection = Selection(res.indices, None if quality is None else quality[res.indices], "kmq-iterative", params)
+    return selection, res.to_dict(details=False)

@@ -24,7 +24,7 @@ import numpy as np
 
 from equal.config import ExtractConfig
 from equal.data.io import append_jsonl, atomic_write_json
-from equal.data.qa import read_qa_pairs
+from equal.data.qa import attach_fields, read_qa_pairs
 from equal.errors import LLMError
 from equal.llm import Ledger
 from equal.pipeline.parts import Candidates, Group
@@ -114,6 +114,7 @@ class ExtractionLoop:
         self.policy, self.reward, self.filters = policy, reward, list(filters)
         self.ledger = ledger if ledger is not None else Ledger()
         self.model = model
+        self._dropped: list[dict[str, Any]] = []  # this round's pairs dropped by a filter (for rounds.jsonl)
         self.running = RunningOT(inputs.target_emb, seed=config.run.seed)
         self.budget_docs = len(inputs.docs) if config.run.strategy == "all" else config.run.budget_docs
         if state is None:
@@ -173,6 +174,8 @@ class ExtractionLoop:
             left = min(left, cfg.budget_docs - state.documents_read)
         if cfg.budget_tokens is not None and state.tokens_used >= cfg.budget_tokens:
             return 0
+        if cfg.budget_usd is not None and state.cost_used >= cfg.budget_usd:
+            return 0
         return max(left, 0)
 
     def _extract(self, docs: list[Any], clusters_of: list[int]) -> Any:
@@ -195,7 +198,8 @@ class ExtractionLoop:
 
     def _filter(self, result: Any, docs: list[Any]) -> tuple[Candidates, Counter[str]]:
         drops: Counter[str] = Counter(result.drops)
-        pairs = list(result.pairs)
+        self._dropped = []
+        pairs = attach_fields(result.pairs, docs)  # --keep-fields: corpus provenance on each pair
         cands = Candidates(pairs, [p.render_text() for p in pairs], {d.id: d for d in docs}, self.state.round)
         for f in self.filters:
             if not len(cands):
@@ -204,6 +208,8 @@ class ExtractionLoop:
             if mask.shape != (len(cands),):
                 raise ValueError(f"filter {f.name!r} returned a mask of shape {mask.shape} for {len(cands)} pairs")
             drops[f.name] += int((~mask).sum())
+            # kept for the report, which lists every dropped pair with the filter that dropped it
+            self._dropped.extend({**cands.pairs[i].to_record(), "reason": f.name} for i in np.flatnonzero(~mask))
             cands = cands.subset(mask)
         return cands, drops
 
@@ -229,12 +235,15 @@ class ExtractionLoop:
         total = Counter(state.drops)
         total.update(drops)
         used = sum(c.tokens_in + c.tokens_out for c in result.completions if c.ok)
+        money = self.ledger.price(sum(c.tokens_in for c in result.completions if c.ok),
+                                  sum(c.tokens_out for c in result.completions if c.ok)) or 0.0
         ot_now = self.running.value()
         state = dataclasses.replace(
             state, round=r + 1, cursors=tuple(cursors),
             cursor_global=state.cursor_global + (0 if self.policy is not None else len(rows)),
             documents_read=state.documents_read + len(rows), pairs=state.pairs + len(kept),
-            tokens_used=state.tokens_used + used, drops=dict(sorted(total.items())), ledger=self.ledger,
+            tokens_used=state.tokens_used + used, cost_used=state.cost_used + money,
+            drops=dict(sorted(total.items())), ledger=self.ledger,
             policy=self.policy.state_dict() if self.policy is not None else None,
         )
         if len(kept):
@@ -245,6 +254,9 @@ class ExtractionLoop:
             "pairs_new": len(kept), "pairs": state.pairs, "drops": dict(drops),
             "llm_requests": self.ledger.requests, "tokens_in": self.ledger.tokens_in,
             "tokens_out": self.ledger.tokens_out, "ot_distance": None if ot_now is None else round(ot_now, 6),
+            # cumulative, like llm_requests: the report's cost per round is the difference between rows
+            "llm_cached": self.ledger.cached, "llm_seconds": round(self.ledger.seconds, 3),
+            "dropped": self._dropped,
         }])
         self.state = self.run_dir.commit(state)
         self.write_ledger()
@@ -266,7 +278,8 @@ class ExtractionLoop:
 
     def write_ledger(self) -> None:
         ledger = self.ledger.to_dict()
-        ledger.update(documents_read=self.state.documents_read, rounds=self.state.round)
+        ledger.update(documents_read=self.state.documents_read, rounds=self.state.round, pairs=self.state.pairs,
+                      **self.ledger.per_pair(self.state.pairs))
         if self.model:
             ledger["model"] = self.model
         atomic_write_json(self.run_dir.ledger, ledger)

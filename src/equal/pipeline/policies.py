@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from equal.errors import ConfigError
@@ -34,9 +35,16 @@ def _real(name: str, value: object, low: float | None = None, high: float | None
 
 @dataclass(frozen=True)
 class UCBConfig:
-    """UCB (EQUAL): ``alpha`` is ``"decay"`` (the paper's 1/(N+1)) or a constant (EQUAL's code: 0.001)."""
+    """UCB (EQUAL): ``alpha`` is ``"decay"`` (the paper's 1/(N+1)) or a constant (EQUAL's code: 0.001).
+
+    ``credit`` is how a reward reaches the cluster's neighbours: ``"uniform"`` (EQUAL: each neighbour in the
+    run's graph gets it whole) or ``"weighted"`` (Quad: every cluster ``j`` with Fréchet distance
+    ``d_cj < tau`` gets ``(1 − d_cj / tau) · r``; Quad's code also uses ``alpha=0.0001``).
+    """
 
     alpha: float | str = "decay"
+    credit: str = "uniform"
+    tau: float = 0.2
 
     def __post_init__(self) -> None:
         if isinstance(self.alpha, str):
@@ -44,6 +52,9 @@ class UCBConfig:
                 raise ConfigError(f"alpha={self.alpha!r}: must be 'decay' or a number >= 0")
         else:
             object.__setattr__(self, "alpha", _real("alpha", self.alpha, 0.0))
+        if self.credit not in ("uniform", "weighted"):
+            raise ConfigError(f"credit={self.credit!r}: must be 'uniform' or 'weighted'")
+        object.__setattr__(self, "tau", _real("tau", self.tau, 0.0, low_open=True))
 
 
 @dataclass(frozen=True)
@@ -99,4 +110,27 @@ def build_policy(config: Any, ctx: PartContext, *, name: str | None = None, neig
         name = next(n for n, s in POLICIES.items() if s.config.endswith(":" + type(config).__name__))
     takes = POLICIES[name].neighbors and neighbor_credit and ctx.neighbors is not None
     kw: dict[str, Any] = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    if isinstance(config, UCBConfig):
+        credit, tau = kw.pop("credit"), kw.pop("tau")
+        if takes and credit == "weighted":  # Quad: neighbours and weights from the distances themselves
+            kw.update(distances=_cluster_distances(ctx), tau=tau)
+            return make_policy(name, ctx.n_clusters, seed=ctx.seed, **kw)
     return make_policy(name, ctx.n_clusters, seed=ctx.seed, neighbors=ctx.neighbors if takes else None, **kw)
+
+
+def _cluster_distances(ctx: PartContext) -> Any:
+    """The run's cluster distance matrix (``RUN/embeddings/cluster_distances.npy``, written by the setup)."""
+    import numpy as np
+
+    from equal.data.io import load_npy
+
+    run = ctx.run_dir  # a RunDir, or a plain folder
+    root = run if run is None or isinstance(run, (str, Path)) else run.root
+    path = None if root is None else Path(root) / "embeddings" / "cluster_distances.npy"
+    if path is None or not path.exists():
+        raise ConfigError("bandit.ucb.credit='weighted' needs the run's cluster distances "
+                          f"({path or 'RUN/embeddings/cluster_distances.npy'}); restart the run with --force")
+    D = np.asarray(load_npy(path, mmap=False), dtype=np.float64)
+    if D.shape != (ctx.n_clusters, ctx.n_clusters):
+        raise ConfigError(f"{path}: shape {D.shape} does not match the run's {ctx.n_clusters} clusters")
+    return D

@@ -10,7 +10,7 @@ import sys
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from equal.pipeline.extract import ExtractSummary, RoundInfo
+from equal.pipeline.extract import ExtractSummary, RoundInfo, RoundStart
 
 if TYPE_CHECKING:  # annotations only: `equal extract` need not import the training stack
     from equal.evaluate import EvalResult
@@ -20,18 +20,46 @@ __all__ = ["EvaluateProgress", "ExtractProgress", "TrainProgressBar", "results_t
 
 
 class ExtractProgress:
-    """A rich progress bar over documents read, with round, pairs, reward, tokens and ETA."""
+    """What ``equal extract`` shows while it runs, on stderr.
 
-    def __init__(self, *, enabled: bool = True) -> None:
+    On a terminal, one rich bar whose label follows the phase (reading, embedding, clustering, warm-up,
+    ``round r/R``, writing): while embedding it advances per batch with an ETA; inside a round it counts the
+    documents read against the budget and shows the completions done / total of the round and the tokens per
+    second. With no terminal, or with ``bars=False`` (``-v``), one log line per phase and per round instead.
+    On Ctrl-C it says how to resume: the exact command, rerun (every completion already received is cached).
+
+    Parameters
+    ----------
+    enabled : bool, default=True
+        False shows nothing (``--json``).
+    bars : bool, default=True
+        False: log lines even on a terminal.
+    command : str, optional
+        The command that resumes the run (default: this process's ``equal`` command line).
+    stream : file, optional
+        Where the log lines go (default ``sys.stderr``).
+    console : rich.console.Console, optional
+        Where the bars are drawn (default: stderr); bars only when it is a terminal.
+    """
+
+    def __init__(self, *, enabled: bool = True, bars: bool = True, command: str | None = None,
+                 stream: Any = None, console: Any = None) -> None:
         from rich.console import Console
 
-        self.console = Console(stderr=True)
-        self.enabled = enabled and self.console.is_terminal
+        self.console = console if console is not None else Console(stderr=True)
+        self.enabled = enabled
+        self.bars = enabled and bars and self.console.is_terminal
+        self.lines = enabled and not self.bars
+        self.command = command if command is not None else _command_line()
+        self._stream = stream
         self._progress: Any = None
         self._task: Any = None
+        self._phase = "starting"
+        self._round: tuple[int, int | None] | None = None  # (0-based round, expected rounds)
+        self._llm = ""  # "completions d/t · n tok/s" of the current round
 
     def __enter__(self) -> ExtractProgress:
-        if self.enabled:
+        if self.bars:
             from rich.progress import (
                 BarColumn,
                 MofNCompleteColumn,
@@ -47,34 +75,85 @@ class ExtractProgress:
                 console=self.console, transient=False,
             )
             self._progress.__enter__()
-            self._task = self._progress.add_task("setup", total=None, info="")
+            self._new_task("starting")
         return self
+
+    def _new_task(self, description: str, total: float | None = None, completed: float = 0, info: str = "") -> None:
+        # one task per phase, so each phase has its own total, elapsed time and ETA
+        if self._task is not None:
+            self._progress.remove_task(self._task)
+        self._task = self._progress.add_task(description, total=total, completed=completed, info=info)
+        self._progress.refresh()  # a phase change is drawn now, not at the next 10 Hz tick
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         if self._progress is not None:
             self._progress.__exit__(exc_type, exc, tb)
+            self._progress = None
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt) and self.enabled:
+            self._write(f"interrupted during {self._phase}: every completion already received is kept in the "
+                        f"run's LLM cache, and every committed round in the run. Resume with:\n  {self.command}")
 
+    # ------------------------------------------------------------------ callbacks of run_extract
     def status(self, message: str) -> None:
+        """A phase begins (``on_status``)."""
+        self._phase, self._round, self._llm = message, None, ""
         if self._progress is not None:
-            self._progress.update(self._task, description=message)
-        elif self.enabled:
-            self.console.log(message)
+            self._new_task(message)
+        elif self.lines:
+            self._write(message)
 
-    def round(self, info: RoundInfo) -> None:
+    def embed(self, done: int, total: int) -> None:
+        """A batch of the corpus is embedded (``on_embed``): the bar advances, with its ETA."""
+        if self._progress is not None:
+            self._progress.update(self._task, total=total, completed=done, info="texts")
+
+    def round_start(self, start: RoundStart) -> None:
+        """A round begins (``on_round_start``): the label becomes ``round r/R``."""
+        in_rounds = self._round is not None
+        self._round, self._llm = (start.round, start.rounds), ""
+        self._phase = _round_label(start.round, start.rounds)
         if self._progress is None:
             return
+        info = f"docs · sending {start.documents} documents"
+        if in_rounds:  # the rounds share one task: its ETA is the whole loop's
+            self._progress.update(self._task, description=self._phase, completed=start.documents_read, info=info)
+        else:
+            self._new_task(self._phase, total=start.budget_docs, completed=start.documents_read, info=info)
+
+    def llm(self, p: Any) -> None:
+        """A completion arrived (``on_llm``, an :class:`equal.llm.cache.LLMProgress`)."""
+        rate = p.tokens_out / p.seconds if p.seconds > 0 else 0.0
+        self._llm = f"completions {p.done}/{p.total}" + (f" · {rate:,.0f} tok/s" if p.tokens_out else "")
+        if self._progress is not None:
+            self._progress.update(self._task, info=f"docs · {self._llm}")
+
+    def round(self, info: RoundInfo) -> None:
+        """A round is committed (``on_round``)."""
+        rounds = self._round[1] if self._round is not None else None
+        label = _round_label(info.round, rounds)
         reward = "–" if info.reward is None else f"{info.reward:+.3f}"
         ot = "–" if info.ot_distance is None else f"{info.ot_distance:.4f}"
-        self._progress.update(
-            self._task, description=f"round {info.round + 1}", completed=info.documents_read,
-            total=info.budget_docs,
-            info=f"docs · {info.pairs} pairs · reward {reward} · OT {ot} · {info.tokens} tokens",
-        )
+        what = f"{info.pairs} pairs · reward {reward} · OT {ot} · {info.tokens} tokens"
+        if self._progress is not None:
+            self._progress.update(self._task, description=label, completed=info.documents_read,
+                                  total=info.budget_docs, info=f"docs · {what}")
+            self._progress.refresh()
+        elif self.lines:
+            budget = "" if info.budget_docs is None else f" of {info.budget_docs}"
+            llm = f" · {self._llm}" if self._llm else ""
+            self._write(f"{label}: {info.documents_read}{budget} documents read · {what}{llm}")
+
+    def _write(self, line: str) -> None:
+        stream = self._stream if self._stream is not None else sys.stderr
+        stream.write(f"equal extract: {line}\n")
+        stream.flush()
 
     def print_summary(self, summary: ExtractSummary) -> None:
         """The one-screen closing summary (to stderr, so stdout stays clean)."""
         from rich.table import Table
+
+        from equal.report.cost import format_flops, format_money
 
         table = Table(title=f"equal extract · {summary.strategy}", show_header=False)
         table.add_column(style="bold")
@@ -92,6 +171,9 @@ class ExtractProgress:
                                 if summary.llm_failed else "") + ")"),
             ("tokens in / out", f"{summary.tokens_in} / {summary.tokens_out}"
                                 + (" (some estimated: the server sent no usage)" if summary.tokens_estimated else "")),
+            # money and FLOPs (n/a without [llm] price_in / price_out, or a model size): equal.report.cost
+            ("money · FLOPs", f"{format_money(summary.est_cost)} ({format_money(summary.cost_per_pair)} per pair)"
+                              f" · {format_flops(summary.est_flops)}"),
             ("OT distance to target", ot),
             ("time", f"{summary.seconds:.1f} s"),
             ("dataset", summary.dataset),
@@ -101,6 +183,17 @@ class ExtractProgress:
             table.add_row(k, v)
         Console = type(self.console)
         Console(file=sys.stderr).print(table)
+
+
+def _round_label(r: int, rounds: int | None) -> str:
+    return f"round {r + 1}/{rounds}" if rounds else f"round {r + 1}"
+
+
+def _command_line() -> str:
+    """This process's command as the user would type it again (``equal extract ...``), shell-quoted."""
+    import shlex
+
+    return shlex.join(["equal", *sys.argv[1:]])
 
 
 def _read_row(summary: Any) -> tuple[str, str]:

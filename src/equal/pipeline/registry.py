@@ -69,6 +69,9 @@ class PartContext:
         Builds (once) the run's cached LLM; parts that call an LLM use it with ``ledger``.
     ledger : equal.llm.Ledger, or None
         The run's ledger; a part that calls an LLM adds its completions to it.
+    run_dir : RunDir, or None
+        The run directory, for parts that keep files of their own (``RUN/influence/``) or read the run's
+        setup (``RUN/embeddings/cluster_distances.npy``).
     """
 
     seed: int
@@ -78,6 +81,7 @@ class PartContext:
     target_emb: Any = None
     llm: Callable[[], Any] | None = None
     ledger: Any = None
+    run_dir: Any = None
 
 
 def _load(ref: str) -> Any:
@@ -100,6 +104,8 @@ POLICIES: dict[str, PartSpec] = dict([
 REWARDS: dict[str, PartSpec] = dict([
     _spec("reward", "ot", "equal.pipeline.rewards:OTRewardConfig", "equal.pipeline.rewards:build_ot"),
     _spec("reward", "judge", "equal.pipeline.judge:JudgeRewardConfig", "equal.pipeline.rewards:build_judge"),
+    _spec("reward", "influence", "equal.pipeline.influence:InfluenceRewardConfig",
+          "equal.pipeline.influence:build_influence"),
 ])
 _F = "equal.pipeline.filters"
 FILTERS: dict[str, PartSpec] = dict([

@@ -34,6 +34,9 @@ class RunState:
         Tokens (in + out) of every extraction completion the committed rounds used, cached ones included:
         what ``run.budget_tokens`` is measured against, so a resumed run stops where an uninterrupted one
         does. The ledger counts only what was paid for.
+    cost_used : float
+        Money of those same completions at ``[llm] price_in`` / ``price_out`` (0 without prices): what
+        ``run.budget_usd`` is measured against, on the same terms as ``tokens_used``.
     policy : dict or None
         :meth:`equal.bandit.Policy.state_dict` after the last round.
     ledger : equal.llm.Ledger
@@ -52,6 +55,7 @@ class RunState:
     documents_read: int = 0
     pairs: int = 0
     tokens_used: int = 0
+    cost_used: float = 0.0
     policy: dict[str, Any] | None = None
     ledger: Ledger = field(default_factory=Ledger)
     drops: dict[str, int] = field(default_factory=dict)

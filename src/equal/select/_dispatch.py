@@ -20,6 +20,7 @@ def _random(X: np.ndarray, k: int, **kw: Any) -> Selection:
 
 
 def _iterative(X: np.ndarray, k: int, **kw: Any) -> Selection:
+    # Round 1 of iterative kMQ; the training loop between rounds is equal.pipeline.kmq_iterative.
     return kmq_iterative_round(X, k, **kw)
 
 
@@ -46,9 +47,12 @@ def select(X: np.ndarray, k: int, method: str = "novelselect", **kw: Any) -> Sel
     k : int
         Number of rows.
     method : str, default="novelselect"
-        One of ``novelselect``, ``kmq``, ``kmq-iterative`` (one round, see
-        :func:`~equal.select.kmq_iterative_round`), ``km-closest``, ``km-random``, ``kcenter``, ``random``,
-        ``deita``.
+        One of ``novelselect``, ``kmq``, ``kmq-iterative``, ``km-closest``, ``km-random``, ``kcenter``,
+        ``random``, ``deita``. ``kmq-iterative`` here is its first round only
+        (:func:`~equal.select.kmq_iterative_round` with uniform weights, which draws what ``kmq`` with
+        ``budget="equal"`` draws for the same seed): the rounds after it fine-tune a model on the rows
+        selected so far, so they live in :func:`equal.pipeline.kmq_iterative.iterative_kmq` (``equal select
+        --method kmq-iterative --rounds N``).
     **kw
         Keyword arguments of the method's function (``n_clusters``, ``quality``, ``seed``, ...).
 

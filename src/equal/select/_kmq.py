@@ -5,7 +5,7 @@ and samples each cluster's budget *without replacement* with probability ∝ sof
 code) or ∝ quality. kM-random samples uniformly inside clusters; kM-closest takes the rows nearest to
 each centroid. Iterative kMQ picks b/N rows per round with learned cluster weights; the weight update is
 :func:`kmq_reweight`, the round is :func:`kmq_iterative_round` (the fine-tune / generate / score loop
-between rounds lives in the training code).
+between rounds, which trains and touches files, is :func:`equal.pipeline.kmq_iterative.iterative_kmq`).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ __all__ = [
     "km_random",
     "kmq",
     "kmq_iterative_round",
+    "kmq_labels",
     "kmq_reweight",
 ]
 
@@ -34,6 +35,31 @@ def _fit_labels(X: np.ndarray, n_clusters: int, rng: np.random.Generator) -> tup
 
     km = KMeans(n_clusters, seed=rng, spherical=True).fit(X)
     return km.labels_, km.cluster_centers_
+
+
+def kmq_labels(X: np.ndarray, n_clusters: int, *, seed: SeedLike = 42) -> np.ndarray:
+    """The cluster labels :func:`kmq` and :func:`kmq_iterative_round` fit on ``X`` for ``seed``.
+
+    Both spawn two children of ``seed`` (k-means, draws) and fit the spherical k-means with the first, so
+    passing these labels to :func:`kmq_iterative_round` with the same ``seed`` reproduces its draws on the
+    embeddings exactly; the iterative loop keeps them to reweight clusters between rounds.
+
+    Parameters
+    ----------
+    X : array-like of shape (n, d)
+        L2-normalised embeddings.
+    n_clusters : int
+    seed : int, Generator or None, default=42
+
+    Returns
+    -------
+    ndarray of shape (n,), int64
+    """
+    X = check_embeddings(X, name="X")
+    K = check_positive_int(n_clusters, "n_clusters")
+    km_rng, _ = as_generator(seed).spawn(2)
+    labels, _ = _fit_labels(X, K, km_rng)
+    return np.asarray(labels, dtype=np.int64)
 
 
 def allocate_budget(k: int, capacity: np.ndarray, weights: np.ndarray) -> np.ndarray:

@@ -40,7 +40,8 @@ logger = logging.getLogger(__name__)
 IGNORE = -100
 
 # Field that holds the turns, per SFT form (named in "no assistant turn" errors).
-_TURNS_FIELD = {"messages": "messages", "sharegpt": "conversations", "alpaca": "output"}
+_TURNS_FIELD = {"messages": "messages", "sharegpt": "conversations", "alpaca": "output", "qa": "answer",
+                "prompt_completion": "completion"}
 
 
 @dataclass(frozen=True)

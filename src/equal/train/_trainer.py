@@ -254,6 +254,8 @@ def _prepare_out(out: Path, config: TrainConfig, data: SFTDataset, *, force: boo
     if record_path.is_file():
         stored = read_train_json(out)
         diffs = _identity_diff(stored, config, data.sha256)
+        if stored.get("lead") is not None:  # written by train_lead: not the same run as training on every record
+            diffs.append("select: lead → every record")
         if not diffs:
             return stored
         if not force:

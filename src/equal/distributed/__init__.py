@@ -1,0 +1,13 @@
+"""Ray backends: the same run directory, resume and results as a local run, on a cluster.
+
+``equal extract --ray`` and ``equal embed --ray`` embed with one model per Ray actor (Ray Data
+``map_batches``), assign clusters in Ray Data tasks, and fan each round's extraction requests out over LLM
+actors; the bandit, the request cache and every write stay in the driver, so kill -9 and resume behave as in a
+local run and no request is paid for twice.
+"""
+
+from equal.distributed._embed import RayEmbedder, assign_clusters
+from equal.distributed._llm import RayLLM
+from equal.distributed._session import RayResources, ray_session, resources
+
+__all__ = ["RayEmbedder", "RayLLM", "RayResources", "assign_clusters", "ray_session", "resources"]
