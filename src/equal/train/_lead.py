@@ -80,7 +80,7 @@ import numpy as np
 from equal._threads import torch_threads
 from equal.data.io import atomic_write_json, atomic_write_text
 from equal.errors import ConfigError, DataError
-from equal.runlock import LOCK_NAME, remove_stale_temps, run_lock
+from equal.runlock import remove_stale_temps, run_lock
 from equal.train._config import TrainConfig, TrainProgress, TrainResult
 from equal.train._data import SFTDataset, build_dataset, read_examples
 
@@ -725,32 +725,9 @@ def _trim_log(folder: Path, iterations: int) -> None:
 
 def _prepare(out: Path, config: TrainConfig, lead: LeadConfig, dataset: SFTDataset, *,
              force: bool) -> dict[str, Any] | None:
-    from equal.train._trainer import _OWNED, _identity_diff, read_train_json
+    from equal.train._trainer import _prepare_out
 
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out}: exists and is not a folder.")
-    for tmp in out.glob(".tmp-*") if out.is_dir() else ():
-        shutil.rmtree(tmp, ignore_errors=True)
-    if (out / "train.json").is_file():
-        stored = read_train_json(out)
-        diffs = _identity_diff(stored, config, dataset.sha256)
-        if stored.get("lead") != lead.to_dict():
-            diffs.append(f"lead: {stored.get('lead')!r} → {lead.to_dict()!r}")
-        if not diffs:
-            return stored
-        if not force:
-            raise ConfigError(f"{out} holds a training run with other settings ({'; '.join(diffs)}); "
-                              "use another --out or pass --force to start over.")
-    elif out.is_dir() and any(p.name != LOCK_NAME for p in out.iterdir()) and not force:
-        raise ConfigError(f"{out} is not empty and holds no train.json: not an equal train checkpoint; "
-                          "use another --out or pass --force.")
-    for name in (*_OWNED, "lead"):
-        p = out / name
-        if p.is_dir():
-            shutil.rmtree(p)
-        elif p.exists():
-            p.unlink()
-    return None
+    return _prepare_out(out, config, dataset, force=force, lead=lead.to_dict())
 
 
 def train_lead(

@@ -244,8 +244,13 @@ def _identity_diff(stored: dict[str, Any], config: TrainConfig, sha256: str) -> 
     return diffs
 
 
-def _prepare_out(out: Path, config: TrainConfig, data: SFTDataset, *, force: bool) -> dict[str, Any] | None:
-    """Refuse or clear a CKPT that holds another run; return its ``train.json`` when it is this run's."""
+def _prepare_out(out: Path, config: TrainConfig, data: SFTDataset, *, force: bool,
+                 lead: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """Refuse or clear a CKPT that holds another run; return its ``train.json`` when it is this run's.
+
+    ``lead`` is the LEAD settings of a ``train_lead`` run (None: training on every record); a CKPT written with
+    other LEAD settings, or by the other kind of run, is another run.
+    """
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out}: exists and is not a folder.")
     for tmp in out.glob(".tmp-*") if out.is_dir() else ():
@@ -254,8 +259,8 @@ def _prepare_out(out: Path, config: TrainConfig, data: SFTDataset, *, force: boo
     if record_path.is_file():
         stored = read_train_json(out)
         diffs = _identity_diff(stored, config, data.sha256)
-        if stored.get("lead") is not None:  # written by train_lead: not the same run as training on every record
-            diffs.append("select: lead → every record")
+        if stored.get("lead") != lead:
+            diffs.append("select: lead → every record" if lead is None else f"lead: {stored.get('lead')!r} → {lead!r}")
         if not diffs:
             return stored
         if not force:
@@ -264,7 +269,7 @@ def _prepare_out(out: Path, config: TrainConfig, data: SFTDataset, *, force: boo
     elif out.is_dir() and any(p.name != LOCK_NAME for p in out.iterdir()) and not force:
         raise ConfigError(f"{out} is not empty and holds no train.json: not an equal train checkpoint; "
                           "use another --out or pass --force.")
-    for name in _OWNED:  # --force: remove only what equal train writes
+    for name in (*_OWNED, "lead"):  # --force: remove only what equal train (and train_lead) writes
         p = out / name
         if p.is_dir():
             shutil.rmtree(p)
