@@ -823,15 +823,7 @@ def _parquet_rows(
         names = pf.schema_arrow.names
     except (pa.ArrowException, OSError, ValueError) as exc:  # ValueError: undecodable metadata
         raise DataError(f"not a readable Parquet file: {_one_line(exc)}", path=name) from None
-    dup = _duplicate(names)
-    if dup is not None:
-        raise DataError(f'field "{dup}": duplicate column', path=name, field=dup)
-    missing = [c for c in required if c not in names]
-    if missing:
-        raise DataError(
-            f'field "{missing[0]}": missing column (columns: {", ".join(names)})', path=name, field=missing[0]
-        )
-    cols = None if columns is None else [c for c in dict.fromkeys(columns) if c in names]
+    cols = _checked_columns(names, required, columns, name)
     number = 0
     with pf:
         batches = pf.iter_batches(batch_size=4096, columns=cols)
@@ -853,6 +845,20 @@ def _parquet_rows(
                     yield loc, rec
 
 
+def _checked_columns(names: Sequence[str], required: Sequence[str], columns: Sequence[str] | None,
+                     name: str) -> list[str] | None:
+    """Refuse duplicate or missing columns of a columnar file; the wanted columns it has (None: all)."""
+    dup = _duplicate(names)
+    if dup is not None:
+        raise DataError(f'field "{dup}": duplicate column', path=name, field=dup)
+    missing = [c for c in required if c not in names]
+    if missing:
+        raise DataError(
+            f'field "{missing[0]}": missing column (columns: {", ".join(names)})', path=name, field=missing[0]
+        )
+    return None if columns is None else [c for c in dict.fromkeys(columns) if c in names]
+
+
 def _arrow_rows(
     path: Path, required: Sequence[str], columns: Sequence[str] | None
 ) -> Iterator[tuple[Loc, dict[str, Any] | DataError]]:
@@ -869,15 +875,7 @@ def _arrow_rows(
         names = reader.schema.names
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise DataError(f"not a readable Arrow file: {_one_line(exc)}", path=name) from None
-    dup = _duplicate(names)
-    if dup is not None:
-        raise DataError(f'field "{dup}": duplicate column', path=name, field=dup)
-    missing = [c for c in required if c not in names]
-    if missing:
-        raise DataError(
-            f'field "{missing[0]}": missing column (columns: {", ".join(names)})', path=name, field=missing[0]
-        )
-    cols = None if columns is None else [c for c in dict.fromkeys(columns) if c in names]
+    cols = _checked_columns(names, required, columns, name)
     if hasattr(reader, "num_record_batches"):
         batches: Iterator[Any] = (reader.get_batch(i) for i in range(reader.num_record_batches))
     else:
