@@ -15,10 +15,14 @@ of 1000 documents. Stages are timed from the run's own progress callbacks: read+
 neighbours, writing the cluster column), rounds, write (summary and report). Peak RSS is
 ``getrusage(RUSAGE_SELF).ru_maxrss`` of that subprocess, read when each stage ends; "beyond embeddings" subtracts
 the size of ``embeddings/documents.npy`` (n_rows x 384 x 4 bytes). The scaling exponent is the slope of a
-least-squares fit of log(total seconds) on log(documents).
+least-squares fit of log(total seconds) on log(documents), in wall-clock seconds and in the process's CPU
+seconds (``time.process_time``; on a machine shared with other jobs the CPU seconds are what compares).
+:func:`run_size` is one size in this process (its ``ray`` argument is the run's ``run.ray``), :func:`run_child`
+the same in a subprocess, :func:`render` the section.
 
     python benchmarks/bench_scale.py                          # 10^4, 10^5, 10^6
     python benchmarks/bench_scale.py --sizes 10000,100000     # a choice of sizes
+    python benchmarks/bench_scale.py --ray --sizes 10000      # each size locally and on Ray (section scale-ray)
 
 Prints a table and rewrites its own section (``scale``) of benchmarks/RESULTS.md.
 """
@@ -26,6 +30,7 @@ Prints a table and rewrites its own section (``scale``) of benchmarks/RESULTS.md
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
 import json
 import os
@@ -47,6 +52,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 SECTION = "scale"
+RAY_SECTION = "scale-ray"
 RESULTS = Path(__file__).with_name("RESULTS.md")
 STAGES = ("read+chunk", "embed", "cluster", "rounds", "write")
 DIM = 384
@@ -73,10 +79,13 @@ class _Topics:
         self.p_own = (1.0 / np.arange(1, own + 1)) / (1.0 / np.arange(1, own + 1)).sum()
         self.p_common = (1.0 / np.arange(1, common + 1)) / (1.0 / np.arange(1, common + 1)).sum()
         self.n_topics = n_topics
+        # rng.choice(m, n, p=p) is cdf.searchsorted(rng.random(n), side="right") with this cdf: the same draws
+        # (and the same stream), without validating p on each of the ~10^7 calls a 10^6 corpus makes
+        self.cdf_own, self.cdf_common = (c / c[-1] for c in (self.p_own.cumsum(), self.p_common.cumsum()))
 
     def sentence_words(self, rng: np.random.Generator, topic: int, n: int) -> np.ndarray:
-        own = self.own[topic][rng.choice(len(self.p_own), n, p=self.p_own)]
-        com = self.common[rng.choice(len(self.p_common), n, p=self.p_common)]
+        own = self.own[topic][self.cdf_own.searchsorted(rng.random(n), side="right")]
+        com = self.common[self.cdf_common.searchsorted(rng.random(n), side="right")]
         return np.where(rng.random(n) < 0.45, com, own)
 
     def paragraph(self, rng: np.random.Generator, topic: int) -> str:
@@ -146,8 +155,14 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
-def child(n: int, work: Path, budget: int, clusters: int) -> dict[str, Any]:
-    """One end-to-end run at ``n`` documents, in this process; returns its stage times and memory."""
+def run_size(n: int, work: Path, *, budget: int = 1000, clusters: int = 100, ray: str | None = None) -> dict[str, Any]:
+    """One end-to-end run at ``n`` documents, in this process; returns its stage times and memory.
+
+    ``ray`` is the run's ``run.ray`` (None: a local run with the embedder loaded here; else the run builds its
+    own, a :class:`equal.distributed.RayEmbedder`). ``seconds`` are wall-clock, ``cpu_seconds`` this process's
+    CPU time (user + system; Ray workers' time is not in it) per stage: on a machine shared with other jobs
+    the CPU seconds are the comparable number.
+    """
     from equal.config import ExtractConfig
     from equal.embed import get_embedder
     from equal.pipeline.extract import run_extract
@@ -160,12 +175,12 @@ def child(n: int, work: Path, budget: int, clusters: int) -> dict[str, Any]:
     shutil.rmtree(work / f"cache-{n}", ignore_errors=True)
     cfg = ExtractConfig.from_flat(corpus=str(corpus), target=str(target), extractor="rules", budget_docs=budget,
                                   clusters=clusters, clusters_per_round=4, docs_per_cluster=5, seed=0,
-                                  embedder=f"st:{model}", diagonal_covariance=True)
-    emb = get_embedder(f"st:{model}", device="cpu")
-    marks: list[tuple[str, float, float]] = []
+                                  embedder=f"st:{model}", diagonal_covariance=True, ray=ray)
+    emb = None if ray else get_embedder(f"st:{model}", device="cpu")
+    marks: list[tuple[str, float, float, float]] = []
 
     def mark(stage: str) -> None:
-        marks.append((stage, time.perf_counter(), _rss_mb()))
+        marks.append((stage, time.perf_counter(), _rss_mb(), time.process_time()))
 
     def status(msg: str) -> None:
         if msg.startswith("reading corpus"):
@@ -183,15 +198,33 @@ def child(n: int, work: Path, budget: int, clusters: int) -> dict[str, Any]:
 
     rss0 = _rss_mb()
     s = run_extract(cfg, out, embedder=emb, on_status=status, on_round_start=round_start)
-    marks.append(("end", time.perf_counter(), _rss_mb()))
+    marks.append(("end", time.perf_counter(), _rss_mb(), time.process_time()))
     seconds = {a[0]: b[1] - a[1] for a, b in itertools.pairwise(marks)}
+    cpu = {a[0]: b[3] - a[3] for a, b in itertools.pairwise(marks)}
     peak = {a[0]: b[2] for a, b in itertools.pairwise(marks)}  # max RSS when the stage ended
     emb_bytes = (out / "embeddings" / "documents.npy").stat().st_size
     result = {"n": n, "rows": s.documents_total, "pairs": s.pairs, "rounds": s.rounds, "seconds": seconds,
-              "peak_mb": peak, "start_mb": rss0, "embeddings_mb": emb_bytes / 2**20,
-              "total_s": marks[-1][1] - marks[0][1]}
+              "cpu_seconds": cpu, "peak_mb": peak, "start_mb": rss0, "embeddings_mb": emb_bytes / 2**20,
+              "total_s": marks[-1][1] - marks[0][1], "total_cpu_s": marks[-1][3] - marks[0][3], "ray": ray}
     shutil.rmtree(work / f"cache-{n}", ignore_errors=True)
+    # what a Ray run of the same size must reproduce (--ray compares them with the local run's)
+    import pyarrow.parquet as pq
+
+    labels = pq.read_table(out / "documents.parquet", columns=["cluster"]).column("cluster").to_numpy()
+    result["qa_sha256"] = hashlib.sha256((out / "qa.jsonl").read_bytes()).hexdigest()
+    result["labels_sha256"] = hashlib.sha256(np.ascontiguousarray(labels, dtype=np.int64).tobytes()).hexdigest()
     return result
+
+
+def run_child(n: int, work: Path, *, budget: int, clusters: int, ray: str | None = None) -> dict[str, Any]:
+    """:func:`run_size` in a fresh subprocess (so each size's peak RSS is its own); its result."""
+    cmd = [sys.executable, __file__, "--child", str(n), "--work", str(work), "--budget", str(budget),
+           "--clusters", str(clusters), *(["--child-ray", ray] if ray else [])]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+    if proc.returncode != 0 or not line:
+        raise SystemExit(f"size {n} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(line[-1][len("RESULT "):])
 
 
 # ---------------------------------------------------------------------------------------------- driver
@@ -204,9 +237,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     parser.add_argument("--no-write", action="store_true", help="do not update benchmarks/RESULTS.md")
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--child-ray", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--ray", action="store_true",
+                        help="run each size locally and on a local Ray cluster (this machine's cores) and write "
+                             "the comparison (section scale-ray) instead of the scale section")
     args = parser.parse_args(argv)
     if args.child is not None:
-        print("RESULT " + json.dumps(child(args.child, args.work, args.budget, args.clusters)), flush=True)
+        r = run_size(args.child, args.work, budget=args.budget, clusters=args.clusters, ray=args.child_ray)
+        print("RESULT " + json.dumps(r), flush=True)
         return
 
     import tempfile
@@ -217,6 +255,7 @@ def main(argv: list[str] | None = None) -> None:
     build_static_model(work / "static-384")
     make_target(work / "target.jsonl")
     results = []
+    ray_results: list[dict[str, Any]] = []
     for n in sizes:
         corpus = work / f"corpus-{n}.jsonl"
         if not corpus.exists():
@@ -224,35 +263,64 @@ def main(argv: list[str] | None = None) -> None:
             make_corpus(corpus, n)
             print(f"generated {n} documents ({corpus.stat().st_size / 2**20:.0f} MiB) in "
                   f"{time.perf_counter() - t:.0f} s", file=sys.stderr)
-        proc = subprocess.run([sys.executable, __file__, "--child", str(n), "--work", str(work), "--budget",
-                               str(args.budget), "--clusters", str(args.clusters)],
-                              capture_output=True, text=True, check=False)
-        line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-        if proc.returncode != 0 or not line:
-            raise SystemExit(f"size {n} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-        r = json.loads(line[-1][len("RESULT "):])
+        r = run_child(n, work, budget=args.budget, clusters=args.clusters)
         results.append(r)
         print(json.dumps(r), file=sys.stderr)
+        if args.ray:
+            rr = run_child(n, work, budget=args.budget, clusters=args.clusters, ray="local")
+            ray_results.append(rr)
+            print(json.dumps(rr), file=sys.stderr)
         shutil.rmtree(work / f"run-{n}", ignore_errors=True)
     if not args.keep and args.work is None:
         shutil.rmtree(work, ignore_errors=True)
 
-    header = ["documents", "rows (chunks)", *[f"{s} s" for s in STAGES], "total s", "peak RSS MiB",
+    if args.ray:
+        text = render_ray(results, ray_results, sizes, budget=args.budget, clusters=args.clusters)
+        print(text)
+        if not args.no_write:
+            write_section(RAY_SECTION, text)
+            print(f"wrote section '{RAY_SECTION}' of {RESULTS}")
+        return
+    text = render(results, sizes, budget=args.budget, clusters=args.clusters)
+    print(text)
+    if not args.no_write:
+        write_section(SECTION, text)
+        print(f"wrote section '{SECTION}' of {RESULTS}")
+
+
+def _slopes(results: list[dict[str, Any]], key: str, total: str) -> tuple[float, dict[str, float]]:
+    """Log-log slope of ``total`` on documents, and of each stage's ``key`` seconds."""
+    x = np.log([r["n"] for r in results])
+    slope = float(np.polyfit(x, np.log([r[total] for r in results]), 1)[0])
+    per = {s: float(np.polyfit(x, np.log([max(r[key].get(s, 0.0), 1e-3) for r in results]), 1)[0])
+           for s in ("read+chunk", "embed", "cluster", "rounds")}
+    return slope, per
+
+
+def render(results: list[dict[str, Any]], sizes: list[int], *, budget: int, clusters: int,
+           notes: list[str] | None = None) -> str:
+    """The ``scale`` section of RESULTS.md for ``results`` (what :func:`run_size` returned, one per size).
+
+    ``notes``: paragraphs added after the table (what a person measured around the run).
+    """
+    header = ["documents", "rows (chunks)", *[f"{s} s" for s in STAGES], "total s", "total CPU s", "peak RSS MiB",
               "embeddings MiB", "peak beyond embeddings MiB", "pairs"]
     rows = []
     for r in results:
         peak = max(r["peak_mb"].values())
         rows.append([f"{r['n']:,}", f"{r['rows']:,}", *[f"{r['seconds'].get(s, 0.0):.1f}" for s in STAGES],
-                     f"{r['total_s']:.1f}", f"{peak:.0f}", f"{r['embeddings_mb']:.0f}",
-                     f"{peak - r['embeddings_mb']:.0f}", str(r["pairs"])])
+                     f"{r['total_s']:.1f}", f"{r.get('total_cpu_s', float('nan')):.1f}", f"{peak:.0f}",
+                     f"{r['embeddings_mb']:.0f}", f"{peak - r['embeddings_mb']:.0f}", str(r["pairs"])])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *["| " + " | ".join(x) + " |" for x in rows]]
+    lines += ["", "CPU seconds of the run's process per stage: " + "; ".join(
+        f"{r['n']:,}: " + ", ".join(f"{s} {r.get('cpu_seconds', {}).get(s, 0.0):.1f}" for s in STAGES)
+        for r in results) + "."]
     if len(results) >= 2:
-        x = np.log([r["n"] for r in results])
-        slope = float(np.polyfit(x, np.log([r["total_s"] for r in results]), 1)[0])
-        per = {s: float(np.polyfit(x, np.log([max(r["seconds"].get(s, 0.0), 1e-3) for r in results]), 1)[0])
-               for s in ("read+chunk", "embed", "cluster")}
+        slope, per = _slopes(results, "seconds", "total_s")
+        cslope, cper = _slopes(results, "cpu_seconds", "total_cpu_s")
         lines += ["", f"Scaling exponent (log-log fit of total seconds on documents): **{slope:.2f}** (goal <= 1.1); "
-                  + ", ".join(f"{s} {v:.2f}" for s, v in per.items()) + "."]
+                  + ", ".join(f"{s} {v:.2f}" for s, v in per.items()) + f". On CPU seconds: **{cslope:.2f}**; "
+                  + ", ".join(f"{s} {v:.2f}" for s, v in cper.items()) + "."]
     peak_rows = ["", "Peak RSS (MiB) when each stage ended: " + "; ".join(
         f"{r['n']:,}: " + ", ".join(f"{s} {r['peak_mb'].get(s, 0):.0f}" for s in STAGES) for r in results) + "."]
     text = "\n".join([
@@ -260,18 +328,52 @@ def main(argv: list[str] | None = None) -> None:
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores (shared with other jobs: compare rows, not runs). "
         f"Rules extractor, static 384-d embedder (random StaticEmbedding table on MiniLM's tokenizer), "
-        f"{args.clusters} clusters (diagonal covariance), budget {args.budget} documents "
+        f"{clusters} clusters (diagonal covariance), budget {budget} documents "
         "(4 clusters x 5 documents a round).",
         "",
         *lines,
         *peak_rows,
+        *[x for note in (notes or []) for x in ("", note)],
         "",
         "Command: `python benchmarks/bench_scale.py --sizes " + ",".join(str(n) for n in sizes) + "`",
     ]) + "\n"
-    print(text)
-    if not args.no_write:
-        write_section(SECTION, text)
-        print(f"wrote section '{SECTION}' of {RESULTS}")
+    return text
+
+
+def render_ray(local: list[dict[str, Any]], ray: list[dict[str, Any]], sizes: list[int], *, budget: int,
+               clusters: int, notes: list[str] | None = None) -> str:
+    """The ``scale-ray`` section: each size run locally and on Ray, seconds per stage and whether they agree.
+
+    ``notes``: paragraphs added after the table (what a person measured around the run).
+    """
+    header = ["documents", "run", *[f"{s} s" for s in STAGES], "total s", "driver CPU s", "driver peak RSS MiB",
+              "pairs", "same pairs", "same labels"]
+    rows = []
+    for lo, rr in zip(local, ray, strict=True):
+        for name, r in (("local", lo), ("Ray", rr)):
+            same = ["", ""] if r is lo else ["yes" if rr["qa_sha256"] == lo["qa_sha256"] else "**no**",
+                                               "yes" if rr["labels_sha256"] == lo["labels_sha256"] else "**no**"]
+            rows.append([f"{r['n']:,}", name, *[f"{r['seconds'].get(s, 0.0):.1f}" for s in STAGES],
+                         f"{r['total_s']:.1f}", f"{r.get('total_cpu_s', float('nan')):.1f}",
+                         f"{max(r['peak_mb'].values()):.0f}", str(r["pairs"]), *same])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *["| " + " | ".join(x) + " |" for x in rows]]
+    return "\n".join([
+        "## Scale: local vs Ray (benchmarks/bench_scale.py --ray)",
+        "",
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores (shared with other jobs). The settings of the "
+        f"scale section ({clusters} clusters, budget {budget} documents, rules extractor, static 384-d embedder); "
+        "each size run twice in fresh processes: locally, and with `ray=\"local\"` (a Ray cluster on this "
+        "machine with one CPU per core, so 2 actors per pool here: embedding as Ray Data `map_batches` over an "
+        "actor pool, k-means trained in the driver on the local run's sample and every row assigned in Ray "
+        "actors, one block of 65,536 rows per task). \"same pairs\": `qa.jsonl` byte for byte equal to the local "
+        "run's; \"same labels\": the `cluster` column of `documents.parquet` equal. Driver CPU and RSS are the "
+        "run's own process (the Ray workers' are not in them).",
+        "",
+        *lines,
+        *[x for note in (notes or []) for x in ("", note)],
+        "",
+        "Command: `python benchmarks/bench_scale.py --ray --sizes " + ",".join(str(n) for n in sizes) + "`",
+    ]) + "\n"
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
   --corpus examples/corpus.jsonl \
   --target examples/target.jsonl \
   --out demo-run \
-  --budget-docs 16 --clusters 8 --clusters-per-round 4 --docs-per-cluster 1 --max-tokens 128 \
+  --budget-docs 12 --clusters 6 --clusters-per-round 3 --docs-per-cluster 1 --max-tokens 128 --chunk-tokens 256 \
   "$@"
 .venv/bin/equal export demo-run --format sharegpt --out demo-run/dataset.sharegpt.jsonl
 echo

@@ -14,8 +14,19 @@ from corpus_slice import corpus_slice
 
 ray = pytest.importorskip("ray")
 
+from equal.cluster import KMeans  # noqa: E402
 from equal.config import ExtractConfig  # noqa: E402
-from equal.distributed import RayEmbedder, RayLLM, assign_clusters, ray_session  # noqa: E402
+from equal.distributed import (  # noqa: E402
+    ActorRequest,
+    RayEmbedder,
+    RayLLM,
+    RayResources,
+    assign_clusters,
+    kmeans_labels,
+    ray_session,
+    train_on_sample,
+)
+from equal.errors import ConfigError  # noqa: E402
 from equal.llm import GenerationParams, get_llm  # noqa: E402
 from equal.pipeline.extract import run_extract  # noqa: E402
 
@@ -45,17 +56,55 @@ def test_embedder_gives_the_local_vectors(cluster: Any) -> None:
     remote = RayEmbedder("minilm", actors=2, batch_size=16)
     local = get_embedder("minilm", batch_size=16)
     assert remote.identity == local.identity and remote.dim == local.dim
+    assert remote.request == ActorRequest(actors=2, num_cpus=1, num_gpus=0.0)  # no GPU here: CPU actors
     X = remote.encode(texts)
     assert remote.n_batches == 5 and remote.n_encoded == 70
     np.testing.assert_array_equal(X, local.encode(texts))  # same batches, same model: the same bits
+    # two batches (a round's pairs) go to one long-lived actor instead of a new pool: the same vectors
+    np.testing.assert_array_equal(remote.encode(texts[:20]), local.encode(texts[:20]))
+    assert remote._small is not None and remote.n_batches == 7
 
 
-def test_assign_clusters_matches_brute_force(cluster: Any, rng: np.random.Generator) -> None:
+def test_kmeans_labels_are_the_local_fit(cluster: Any, rng: np.random.Generator) -> None:
     X = rng.standard_normal((1003, 8)).astype(np.float32)
-    C = rng.standard_normal((7, 8)).astype(np.float32)
-    ref = ((X.astype(np.float64)[:, None, :] - C.astype(np.float64)[None]) ** 2).sum(-1).argmin(axis=1)
-    np.testing.assert_array_equal(assign_clusters(X, C, batch_size=128), ref)
-    assert assign_clusters(X[:0], C).shape == (0,)
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+
+    def km(**kw: Any) -> KMeans:  # a cap of 7 * 50 = 350 training rows: both paths train on a sample
+        return KMeans(n_clusters=7, seed=5, batch_size=128, max_points_per_centroid=50, **kw)
+
+    local = km().fit(X)
+    assert local.train_size_ == 350
+    np.testing.assert_array_equal(train_on_sample(km(), X).cluster_centers_, local.cluster_centers_)
+    labels = kmeans_labels(X, km())  # 8 blocks of 128 rows over 2 actors
+    np.testing.assert_array_equal(labels, local.labels_)
+    # and both are the nearest centroid, by an independent float64 computation (spherical: largest cosine)
+    np.testing.assert_array_equal(labels, (X.astype(np.float64) @ local.cluster_centers_.T.astype(np.float64))
+                                  .argmax(axis=1))
+    assert assign_clusters(X[:0], local).shape == (0,)
+
+    # Euclidean k-means on unnormalised rows, all of them used for training
+    Y = 3.0 * rng.standard_normal((300, 5)).astype(np.float32)
+    euclid = KMeans(n_clusters=4, seed=1, spherical=False, batch_size=64).fit(Y)
+    C = euclid.cluster_centers_.astype(np.float64)
+    ref = ((Y.astype(np.float64)[:, None, :] - C[None]) ** 2).sum(-1).argmin(axis=1)
+    np.testing.assert_array_equal(assign_clusters(Y, euclid, actors=1), ref)
+    np.testing.assert_array_equal(euclid.labels_, ref)
+
+
+def test_actor_requests_follow_the_cluster_resources() -> None:
+    cpus = RayResources(cpus=8, gpus=0)
+    assert cpus.request() == ActorRequest(actors=8, num_cpus=1, num_gpus=0.0)
+    assert cpus.request(cpus_per_actor=3) == ActorRequest(actors=2, num_cpus=3, num_gpus=0.0)
+    assert cpus.request(3, gpu=False) == ActorRequest(actors=3, num_cpus=1, num_gpus=0.0)
+    with pytest.raises(ConfigError, match="no GPU"):
+        cpus.request(gpu=True)
+    with pytest.raises(ConfigError, match="ray_actors=0"):
+        cpus.request(0)
+    gpus = RayResources(cpus=16, gpus=2)
+    assert gpus.request() == ActorRequest(actors=2, num_cpus=1, num_gpus=1.0)  # one actor per GPU
+    assert gpus.request(1).num_gpus == 1.0 and gpus.request(1, gpu=True).gpu
+    assert gpus.request(8) == ActorRequest(actors=8, num_cpus=1, num_gpus=0.25)  # more actors share the GPUs
+    assert gpus.request(gpu=False) == ActorRequest(actors=16, num_cpus=1, num_gpus=0.0)
 
 
 def test_llm_actors_answer_as_the_local_engine(cluster: Any) -> None:
@@ -80,16 +129,36 @@ def _config(corpus: Path, **kw: object) -> ExtractConfig:
     return ExtractConfig.from_flat(**base)
 
 
+def _rounds(run: Path) -> list[dict[str, Any]]:
+    # everything a round records but its wall-clock seconds
+    rows = [json.loads(line) for line in (run / "rounds.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in rows]
+
+
 def test_ray_run_writes_the_local_run_qa(cluster: Any, corpus: Path, tmp_path: Path,
-                                        monkeypatch: pytest.MonkeyPatch) -> None:
+                                        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    import pyarrow.parquet as pq
+
+    # each run with a cold cache of its own, so both embed every text in the same batches (vectors cached by
+    # an earlier test, batched with other texts, can differ in the last bits) and the Ray actors embed every chunk
+    monkeypatch.setenv("EQUAL_CACHE_DIR", str(tmp_path / "cold-local"))
     run_extract(_config(corpus), tmp_path / "local")
-    monkeypatch.setenv("EQUAL_CACHE_DIR", str(tmp_path / "cold"))  # so the Ray actors embed every chunk
+    monkeypatch.setenv("EQUAL_CACHE_DIR", str(tmp_path / "cold"))
     # a Ray run, stopped after one round and resumed: the same run directory and the same dataset
-    run_extract(_config(corpus, ray="local", ray_actors=2), tmp_path / "ray", max_rounds=1)
+    with caplog.at_level("INFO", logger="equal.distributed._cluster"):
+        run_extract(_config(corpus, ray="local", ray_actors=2), tmp_path / "ray", max_rounds=1)
+    assert "in 1 Ray actors (1 blocks)" in caplog.text  # the clusters were assigned on Ray
     summary = run_extract(_config(corpus, ray="local", ray_actors=2), tmp_path / "ray")
     assert summary.resumed
     local = (tmp_path / "local" / "qa.jsonl").read_text()
     assert local and (tmp_path / "ray" / "qa.jsonl").read_text() == local
+    # the same clusters (labels, sizes, neighbours, target gaps) and the same rounds
+    assert pq.read_table(tmp_path / "ray" / "clusters.parquet").equals(
+        pq.read_table(tmp_path / "local" / "clusters.parquet"))
+    labels = [pq.read_table(tmp_path / r / "documents.parquet", columns=["cluster"]).column("cluster").to_pylist()
+              for r in ("local", "ray")]
+    assert len(set(labels[0])) == 6 and labels[0] == labels[1]
+    assert len(_rounds(tmp_path / "local")) >= 4 and _rounds(tmp_path / "ray") == _rounds(tmp_path / "local")
 
 
 def test_ray_llm_extract_writes_the_local_run_qa(cluster: Any, corpus: Path, tmp_path: Path) -> None:

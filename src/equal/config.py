@@ -158,8 +158,8 @@ class RunConfig:
     seed: int = field(default=0, metadata=_opt("Random seed."))
     # where the work runs never changes what it produces, so neither key is part of the run's fingerprint
     ray: str | None = field(default=None, metadata=_opt(
-        "Run embedding and LLM requests on Ray: local (a cluster on this machine), auto (join `ray start`), "
-        "or HOST:PORT.", fingerprint=False))
+        "Run embedding, cluster assignment and LLM requests on Ray: local (a cluster on this machine), "
+        "auto (join `ray start`), or HOST:PORT.", fingerprint=False))
     ray_actors: int | None = field(default=None, metadata=_opt(
         "Ray actors per pool (default: one per GPU, else one per CPU of the cluster).", fingerprint=False))
 

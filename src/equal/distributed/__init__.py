@@ -6,8 +6,10 @@ actors; the bandit, the request cache and every write stay in the driver, so kil
 local run and no request is paid for twice.
 """
 
-from equal.distributed._embed import RayEmbedder, assign_clusters
+from equal.distributed._cluster import assign_clusters, kmeans_labels, train_on_sample
+from equal.distributed._embed import RayEmbedder
 from equal.distributed._llm import RayLLM
-from equal.distributed._session import RayResources, ray_session, resources
+from equal.distributed._session import ActorRequest, RayResources, ray_session, resources
 
-__all__ = ["RayEmbedder", "RayLLM", "RayResources", "assign_clusters", "ray_session", "resources"]
+__all__ = ["ActorRequest", "RayEmbedder", "RayLLM", "RayResources", "assign_clusters", "kmeans_labels",
+           "ray_session", "resources", "train_on_sample"]

@@ -11,7 +11,7 @@ from typing import Any
 
 from equal.errors import ConfigError
 
-__all__ = ["RayResources", "import_ray", "ray_session", "resources"]
+__all__ = ["ActorRequest", "RayResources", "import_ray", "ray_session", "resources"]
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +89,46 @@ class RayResources:
         if gpu and self.gpus:
             return self.gpus
         return max(1, self.cpus // max(1, cpus_per_actor))
+
+    def request(self, wanted: int | None = None, *, cpus_per_actor: int = 1,
+                gpu: bool | None = None) -> ActorRequest:
+        """The pool of a model-holding stage (embedding, cluster assignment): how many actors, what each asks.
+
+        GPU actors when the cluster has GPUs (``gpu=None``), or when ``gpu=True`` (refused without one):
+        by default one actor per GPU holding a whole GPU; more actors than GPUs share them (``num_gpus`` =
+        GPUs / actors, so every actor can be placed). Otherwise CPU actors, one per ``cpus_per_actor`` CPUs.
+
+        Parameters
+        ----------
+        wanted : int, optional
+            Actors asked for (``ray_actors``); default as described.
+        cpus_per_actor : int, default=1
+            CPUs each actor holds (and the threads it runs).
+        gpu : bool, optional
+            Force GPU (True) or CPU (False) actors; default: GPUs when the cluster has them.
+        """
+        if cpus_per_actor < 1:
+            raise ConfigError(f"cpus_per_actor={cpus_per_actor}: must be >= 1")
+        if gpu and not self.gpus:
+            raise ConfigError("GPU actors were asked for but the Ray cluster has no GPU")
+        use_gpu = bool(self.gpus) if gpu is None else gpu
+        count = self.actors(wanted, cpus_per_actor=cpus_per_actor, gpu=use_gpu)
+        num_gpus = min(1.0, self.gpus / count) if use_gpu else 0.0
+        return ActorRequest(actors=count, num_cpus=cpus_per_actor, num_gpus=num_gpus)
+
+
+@dataclass(frozen=True)
+class ActorRequest:
+    """What one pool asks of Ray: ``actors`` actors of ``num_cpus`` CPUs and ``num_gpus`` GPUs each."""
+
+    actors: int
+    num_cpus: int
+    num_gpus: float
+
+    @property
+    def gpu(self) -> bool:
+        """Whether the actors hold (a share of) a GPU."""
+        return self.num_gpus > 0
 
 
 def resources() -> RayResources:

@@ -105,6 +105,33 @@ class Embedder(ABC):
             X = self._encode(items, bs, advance)
         return finalize(X, n=len(items), dim=self.dim, normalize=self.normalize, source=self.identity)
 
+    def encode_chunks(self, chunks: Sequence[Sequence[str]], *, batch_size: int | None = None,
+                      advance: ProgressFn | None = None) -> Iterator[np.ndarray]:
+        """Embed each chunk as one :meth:`encode` call would, yielding the chunks' vectors in order.
+
+        A caller that stores each chunk as it arrives (:class:`~equal.embed.CachedEmbedder`) loses at most one
+        chunk to a kill. A backend with a start-up cost per call (a pool of remote actors) overrides this to
+        start once for all the chunks; its vectors stay those of one :meth:`encode` per chunk.
+
+        Parameters
+        ----------
+        chunks : sequence of sequence of str
+            The texts, chunk by chunk.
+        batch_size : int or None, default=None
+            As in :meth:`encode`.
+        advance : callable, optional
+            Called as ``advance(k)`` after every batch of ``k`` texts.
+        """
+        for chunk in chunks:
+            done = [0]
+
+            def step(d: int, _total: int, done: list[int] = done) -> None:
+                if advance is not None:
+                    advance(d - done[0])
+                done[0] = d
+
+            yield self.encode(chunk, batch_size=batch_size, show_progress=step)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.identity!r})"
 

@@ -36,6 +36,8 @@ logger = logging.getLogger(__name__)
 _SCHEMA_VERSION = "1"
 # Keys per SELECT ... IN (...): below SQLite's historical 999-variable limit.
 _LOOKUP_CHUNK = 900
+# SQLite page cache per connection, KiB (a bound, not an allocation).
+_PAGE_CACHE_KIB = 65536
 
 
 def default_cache_dir() -> Path:
@@ -132,6 +134,9 @@ class CachedEmbedder(Embedder):
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         try:
             conn = connect_wal(self.path, timeout=120.0)
+            # 64 MiB of page cache instead of SQLite's 2 MiB: a corpus of 10^5 texts puts 160 MB of vectors in
+            # one B-tree, and each chunk's inserts and lookups land on random pages (bench_scale: -21% CPU)
+            conn.execute(f"PRAGMA cache_size=-{_PAGE_CACHE_KIB}")
             conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS vectors (key BLOB PRIMARY KEY, vec BLOB NOT NULL) WITHOUT ROWID"
@@ -218,20 +223,16 @@ class CachedEmbedder(Embedder):
             first_text: dict[bytes, str] = {}
             for k, t in zip(keys, items, strict=True):
                 first_text.setdefault(k, t)
+            parts = [misses[start : start + self.chunk_size] for start in range(0, len(misses), self.chunk_size)]
             with progress_bar(len(misses), "embedding (new texts)", show_progress) as advance:
-                for start in range(0, len(misses), self.chunk_size):
-                    part = misses[start : start + self.chunk_size]
-                    # a callable hears of every backend batch, not only of every chunk stored
-                    inner = ((lambda d, _t, base=start: show_progress(base + d, len(misses)))  # type: ignore[misc]
-                             if callable(show_progress) else False)
-                    X = self.embedder.encode([first_text[k] for k in part], batch_size=batch_size,
-                                             show_progress=inner)
+                # one backend call for all the chunks (a remote pool starts once), each chunk stored as it arrives
+                vectors = self.embedder.encode_chunks([[first_text[k] for k in part] for part in parts],
+                                                      batch_size=batch_size, advance=advance)
+                for part, X in zip(parts, vectors, strict=True):
                     blobs = [X[i].tobytes() for i in range(len(part))]
                     with self._lock:
                         self._store(part, blobs, X.shape[1])
                     found.update(zip(part, blobs, strict=True))
-                    if not callable(show_progress):
-                        advance(len(part))
         blobs = [found[k] for k in keys]
         itemsize = np.dtype(np.float32).itemsize
         d = len(blobs[0]) // itemsize

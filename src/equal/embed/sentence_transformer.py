@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,108 @@ def _static_truncation(model: Any, max_length: int | None) -> int | None:
     return int(truncation["max_length"]) if truncation else None
 
 
+# Printable ASCII plus tab and line breaks: the texts on which a BERT normalizer only lowercases (no control
+# character to drop, no accent to strip, no CJK character to isolate, no other whitespace to map).
+_PLAIN_ASCII = re.compile(r"[\t\n\r\x20-\x7e]*\Z")
+# BertPreTokenizer on such a text: runs of letters and digits, and each ASCII punctuation mark on its own.
+_BERT_ASCII_WORD = re.compile(r"[a-z0-9]+|[!-/:-@\[-`{-~]")
+
+
+class _StaticTokens:
+    """The token ids a BERT-uncased WordPiece tokenizer gives a plain-ASCII text, computed word by word.
+
+    A static-embedding model spends nearly all of its time in its tokenizer (the embedding is a mean of
+    table rows), and the Rust pipeline normalises, pre-tokenises and word-pieces every text in full before
+    truncating it. For the tokenizers this class accepts (``BertNormalizer`` that lowercases, ``BertPreTokenizer``,
+    ``WordPiece``), WordPiece is a function of each pre-token alone, and on printable ASCII the normalizer only
+    lowercases; so the ids are the concatenation of each word's ids (computed once per distinct word by the
+    tokenizer's own model, then kept), read only up to the truncation length. Texts outside that case (other
+    characters, an added token's text) return None and go through the tokenizer itself. The result equals
+    ``tokenizer.encode(text, add_special_tokens=False).ids`` exactly (tests/test_scale_paths.py).
+    """
+
+    _MAX_WORDS = 1 << 20  # distinct words kept (a Zipf vocabulary is far smaller; bounds a pathological corpus)
+
+    def __init__(self, tokenizer: Any, spec: dict[str, Any]) -> None:
+        self.model = tokenizer.model
+        trunc = tokenizer.truncation
+        self.max_length: int | None = int(trunc["max_length"]) if trunc else None
+        # added tokens are cut out of the raw text (and, when "normalized", of the lowercased one) before anything
+        self.added = [str(t["content"]) for t in spec.get("added_tokens", []) if t.get("content")]
+        self.words: dict[str, list[int]] = {}
+
+    @classmethod
+    def for_model(cls, model: Any) -> _StaticTokens | None:
+        """The fast path for a sentence-transformers model whose first module is a plain ``StaticEmbedding``."""
+        try:
+            from sentence_transformers.sentence_transformer.modules import StaticEmbedding
+        except ImportError:  # sentence-transformers < 5.2 keeps it here
+            try:
+                from sentence_transformers.models import StaticEmbedding
+            except ImportError:
+                return None
+        first = model[0]
+        if type(first) is not StaticEmbedding or type(first).preprocess is not StaticEmbedding.preprocess:
+            return None
+        tok = first.tokenizer
+        try:
+            spec = json.loads(tok.to_str())
+        except (AttributeError, ValueError):
+            return None
+        norm, pre, wp = spec.get("normalizer") or {}, spec.get("pre_tokenizer") or {}, spec.get("model") or {}
+        trunc = tok.truncation
+        ok = (norm.get("type") == "BertNormalizer" and norm.get("lowercase") is True
+              and norm.get("strip_accents") in (None, True) and pre.get("type") == "BertPreTokenizer"
+              and wp.get("type") == "WordPiece" and tok.padding is None
+              and (trunc is None or (trunc.get("direction") == "right" and int(trunc.get("max_length", 0)) > 0)))
+        return cls(tok, spec) if ok else None
+
+    def ids(self, text: str) -> list[int] | None:
+        """``text``'s token ids (truncated), or None when the text is not one this class handles."""
+        if not _PLAIN_ASCII.match(text):
+            return None
+        low = text.lower()
+        if any(a in text or a in low for a in self.added):
+            return None
+        limit = self.max_length
+        if limit is None:
+            return self._ids(_BERT_ASCII_WORD.findall(low), None)
+        # Most texts reach the limit within 8 characters a token; the window's last word may be cut short, so
+        # it is dropped, and a window that then holds too few tokens is redone on the whole text.
+        if len(low) > 8 * limit:
+            out = self._ids(_BERT_ASCII_WORD.findall(low, 0, 8 * limit)[:-1], limit)
+            if len(out) >= limit:
+                return out[:limit]
+        return self._ids(_BERT_ASCII_WORD.findall(low), limit)[:limit]
+
+    def _ids(self, pieces: list[str], limit: int | None) -> list[int]:
+        words, out = self.words, []
+        for w in pieces:
+            v = words.get(w)
+            if v is None:
+                v = [t.id for t in self.model.tokenize(w)]
+                if len(words) < self._MAX_WORDS:
+                    words[w] = v
+            out.extend(v)
+            if limit is not None and len(out) >= limit:
+                break
+        return out
+
+    def features(self, texts: list[str], tokenizer: Any) -> dict[str, Any]:
+        """``StaticEmbedding.preprocess(texts)``'s output (input ids and bag offsets), from the same ids."""
+        import torch
+
+        ids: list[list[int] | None] = [self.ids(t) for t in texts]
+        slow = [i for i, x in enumerate(ids) if x is None]
+        if slow:
+            for i, enc in zip(slow, tokenizer.encode_batch([texts[i] for i in slow], add_special_tokens=False),
+                              strict=True):
+                ids[i] = enc.ids
+        flat = [t for x in ids for t in x]  # type: ignore[union-attr]
+        offsets = torch.from_numpy(np.cumsum([0] + [len(x) for x in ids[:-1]]))  # type: ignore[arg-type]
+        return {"input_ids": torch.tensor(flat, dtype=torch.long), "offsets": offsets}
+
+
 class SentenceTransformerEmbedder(Embedder):
     """Embed with a local sentence-transformers model.
 
@@ -146,6 +249,7 @@ class SentenceTransformerEmbedder(Embedder):
             self.max_length: int | None = int(self.model.max_seq_length)
         else:
             self.max_length = _static_truncation(self.model, max_length)
+        self._fast = _StaticTokens.for_model(self.model)  # None: not a static model of the kind it reads
         get_dim = getattr(self.model, "get_embedding_dimension", None) or (
             self.model.get_sentence_embedding_dimension
         )
@@ -179,6 +283,8 @@ class SentenceTransformerEmbedder(Embedder):
         import torch
 
         out = np.empty((len(texts), self._dim), dtype=np.float32)
+        if self._fast is not None:
+            return self._encode_static(texts, batch_size, progress, out)
         # sentence-transformers sorts inside one encode() call as well; sorting here lets us drive the
         # progress bar per batch and keeps batches homogeneous across the whole input.
         with torch.inference_mode():
@@ -191,6 +297,28 @@ class SentenceTransformerEmbedder(Embedder):
                     show_progress_bar=False,
                 )
                 out[idx] = np.asarray(vecs, dtype=np.float32)
+                self.n_batches += 1
+                self.n_encoded += len(idx)
+                progress(len(idx))
+        return out
+
+    def _encode_static(self, texts: list[str], batch_size: int, progress: ProgressFn, out: np.ndarray) -> np.ndarray:
+        """``model.encode`` of a static model, batch for batch, with the ids from :class:`_StaticTokens`.
+
+        The same batches, ids, offsets, forward pass and normalisation as ``model.encode``, so the same bits.
+        """
+        import torch
+
+        assert self._fast is not None
+        tokenizer = self.model[0].tokenizer
+        device = self.model.device
+        with torch.inference_mode():
+            for idx in length_sorted_batches([len(t) for t in texts], batch_size):
+                features = self._fast.features([texts[i] for i in idx], tokenizer)
+                emb = self.model({k: v.to(device) for k, v in features.items()})["sentence_embedding"]
+                if self.normalize:
+                    emb = torch.nn.functional.normalize(emb, p=2, dim=1)
+                out[idx] = emb.cpu().numpy()
                 self.n_batches += 1
                 self.n_encoded += len(idx)
                 progress(len(idx))

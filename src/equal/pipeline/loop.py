@@ -141,7 +141,9 @@ class ExtractionLoop:
         if not rows:
             self.state = self.run_dir.commit(dataclasses.replace(state, finished=True, ledger=self.ledger))
             return None
-        docs = [self.inputs.docs[i] for i in rows]
+        # a DocumentStore reads each row group once per round (rows of a large corpus span many groups)
+        take = getattr(self.inputs.docs, "take", None)
+        docs = take(rows) if take is not None else [self.inputs.docs[i] for i in rows]
         result = self._extract(docs, arms if arms else [int(self.inputs.labels[i]) for i in rows])
         kept, drops = self._filter(result, docs)
         emb = self.embedder.encode(kept.texts) if len(kept) else np.zeros(
@@ -150,7 +152,7 @@ class ExtractionLoop:
         for f in self.filters:
             f.add(kept)
         self.running.add(emb)
-        return self._commit(rows, arms, result, kept, drops, chosen, rewards)
+        return self._commit(rows, arms, result, kept, drops, chosen, rewards, [d.id for d in docs])
 
     def run(self, *, max_rounds: int | None = None, on_round: Callable[[RoundInfo], None] | None = None) -> None:
         """Step until finished, or ``max_rounds`` rounds in this call (the run stays resumable)."""
@@ -227,7 +229,7 @@ class ExtractionLoop:
         return chosen, rewards
 
     def _commit(self, rows: list[int], arms: list[int], result: Any, kept: Candidates, drops: Counter[str],
-                chosen: list[int], rewards: list[float]) -> RoundInfo:
+                chosen: list[int], rewards: list[float], ids: list[str]) -> RoundInfo:
         state, r = self.state, self.state.round
         cursors = list(state.cursors)
         for c in arms:
@@ -250,7 +252,7 @@ class ExtractionLoop:
             append_jsonl(self.run_dir.qa, [p.to_record() for p in kept.pairs])
         append_jsonl(self.run_dir.rounds, [{
             "round": r, "clusters": chosen, "rewards": [round(x, 6) for x in rewards],
-            "documents": [self.inputs.docs[i].id for i in rows], "documents_read": state.documents_read,
+            "documents": ids, "documents_read": state.documents_read,
             "pairs_new": len(kept), "pairs": state.pairs, "drops": dict(drops),
             "llm_requests": self.ledger.requests, "tokens_in": self.ledger.tokens_in,
             "tokens_out": self.ledger.tokens_out, "ot_distance": None if ot_now is None else round(ot_now, 6),

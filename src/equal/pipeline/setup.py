@@ -8,8 +8,10 @@ Computed once and stored in the run directory (``documents.parquet``, ``embeddin
    ingest_documents`; written under a temporary name, so a kill restarts the ingest cleanly);
 2. embed: :data:`EMBED_SHARD_ROWS` rows at a time into ``embeddings/shards/*.npy`` (a kill resumes at the
    first missing shard), then concatenated into ``embeddings/documents.npy``, which is memory-mapped;
-3. cluster: k-means trained on a sample and assigned in batches (:class:`equal.cluster.KMeans`); the labels
-   are added to ``documents.parquet`` as its ``cluster`` column; ``setup.json`` is written last.
+3. cluster: k-means trained on a sample and assigned in batches (:class:`equal.cluster.KMeans`; with
+   ``run.ray``, the batches are assigned in Ray actors, :func:`equal.distributed.kmeans_labels`, with the same
+   labels); the labels are added to ``documents.parquet`` as its ``cluster`` column; ``setup.json`` is written
+   last.
 
 Rounds read their documents by row from a :class:`~equal.data.store.DocumentStore` over ``documents.parquet``.
 """
@@ -45,6 +47,10 @@ INGEST_BATCH_DOCS = 4096
 EMBED_SHARD_ROWS = 8192
 """Rows embedded per shard. A multiple of :class:`~equal.embed.CachedEmbedder`'s chunk (2048), so the model
 sees the same batches as when the whole corpus is passed at once (a corpus without repeated texts)."""
+
+RAY_EMBED_SHARD_ROWS = 8 * EMBED_SHARD_ROWS
+"""Rows per shard with ``--ray``: each shard is one pool of actors, whose start (a model load per actor) is
+amortised over more rows; still a multiple of the cache's chunk, so the same batches and vectors."""
 
 ROW_GROUP_ROWS = 1024
 """Rows per Parquet row group of ``documents.parquet``: what a round reads to fetch one document."""
@@ -301,7 +307,8 @@ def prepare_inputs(config: ExtractConfig, run: RunDir, embedder: Any, progress: 
     n_docs, n_source = len(store), int(store.info.get("documents", len(store)))
     progress(f"embedding {n_docs} documents" if n_source == n_docs
              else f"embedding {n_docs} chunks of {n_source} documents")
-    doc_emb = embed_documents(store, run.embeddings, embedder)
+    doc_emb = embed_documents(store, run.embeddings, embedder,
+                              shard_rows=RAY_EMBED_SHARD_ROWS if config.run.ray else None)
     progress(f"embedding {len(target_texts)} target examples")
     target_emb = embedder.encode(target_texts, show_progress=False)
     k = min(config.cluster.clusters, n_docs)
@@ -345,8 +352,13 @@ def _cluster(config: ExtractConfig, doc_emb: np.ndarray, target_emb: np.ndarray,
     from equal.cluster import KMeans, cluster_gaussians, neighbor_graph, pairwise_frechet
 
     c = config.cluster
-    km = KMeans(n_clusters=k, seed=config.run.seed).fit(doc_emb)
-    labels = np.asarray(km.labels_, dtype=np.int64)
+    km = KMeans(n_clusters=k, seed=config.run.seed)
+    if config.run.ray:  # trained here on the same sample, every row assigned in Ray actors: the same labels
+        from equal.distributed import kmeans_labels
+
+        labels = kmeans_labels(doc_emb, km, actors=config.run.ray_actors)
+    else:
+        labels = np.asarray(km.fit(doc_emb).labels_, dtype=np.int64)
     gauss = cluster_gaussians(doc_emb, labels, k, diagonal=c.diagonal_covariance)
     dist = pairwise_frechet(gauss)
     # distance of each cluster's mean to the target's mean (NaN for an empty cluster)

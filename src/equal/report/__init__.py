@@ -517,17 +517,28 @@ def _heat(run: RunData) -> str:
 
 
 def _centres(X: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
-    """Mean of each cluster's rows, float64 (k, d); NaN for an empty cluster. One pass over ``X``."""
-    order = np.argsort(labels, kind="stable")
-    sorted_labels = labels[order]
-    present = np.unique(sorted_labels[(sorted_labels >= 0) & (sorted_labels < k)])
+    """Mean of each cluster's rows, float64 (k, d); NaN for an empty cluster. One pass over ``X``.
+
+    In blocks of rows, so a memory-mapped (10^6, d) matrix is never copied whole (nor cast to float64).
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    sums = np.zeros((k, X.shape[1]))
+    counts = np.zeros(k, dtype=np.int64)
+    step = max(1, (1 << 22) // max(X.shape[1], 1))
+    for start in range(0, len(labels), step):
+        lab = labels[start:start + step]
+        keep = (lab >= 0) & (lab < k)
+        order = np.flatnonzero(keep)[np.argsort(lab[keep], kind="stable")]
+        if not len(order):
+            continue
+        sorted_labels = lab[order]
+        present, starts = np.unique(sorted_labels, return_index=True)
+        rows = np.asarray(X[start:start + step])[order]
+        sums[present] += np.add.reduceat(rows, starts, axis=0, dtype=np.float64)
+        counts[present] += np.diff(np.append(starts, len(order)))
     out = np.full((k, X.shape[1]), np.nan)
-    if len(present):
-        starts = np.searchsorted(sorted_labels, present)
-        ends = np.searchsorted(sorted_labels, present, side="right")
-        rows = np.asarray(X[order[starts[0]:ends[-1]]])
-        sums = np.add.reduceat(rows, starts - starts[0], axis=0, dtype=np.float64)
-        out[present] = sums / (ends - starts)[:, None]
+    have = counts > 0
+    out[have] = sums[have] / counts[have, None]
     return out
 
 
