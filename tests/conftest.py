@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -62,17 +64,46 @@ def rng() -> np.random.Generator:
     return np.random.default_rng(0)
 
 
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Point equal's on-disk caches at a per-session temporary folder.
+def _cache_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The per-session folder of equal's on-disk caches.
 
     Under pytest-xdist each worker has its own, except the dequantised models: those are written atomically
     under a lock (``LocalLLM``), so the workers share one folder and the bundled GGUF is converted once.
     """
     root = tmp_path_factory.getbasetemp() / "equal-cache"
-    monkeypatch.setenv("EQUAL_CACHE_DIR", str(root))
     if os.environ.get("PYTEST_XDIST_WORKER") and not (root / "models").exists():
         shared = tmp_path_factory.getbasetemp().parent / "equal-models"
         shared.mkdir(exist_ok=True)
         root.mkdir(parents=True, exist_ok=True)
         (root / "models").symlink_to(shared, target_is_directory=True)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Point equal's on-disk caches at the per-session folder (:func:`_cache_folder`)."""
+    monkeypatch.setenv("EQUAL_CACHE_DIR", str(_cache_folder(tmp_path_factory)))
+
+
+@pytest.fixture(scope="module")
+def cache_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The folder ``_isolated_cache`` points EQUAL_CACHE_DIR at, set for a module's own fixtures too."""
+    root = _cache_folder(tmp_path_factory)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EQUAL_CACHE_DIR", str(root))
+        yield root
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """One torch thread for a module (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``).
+
+    A 135M model runs in tiny ops; on a busy 2-core machine two OpenMP threads wait on each other, and its
+    forward passes and batched generation run several times slower than with one.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -8,7 +8,6 @@ import importlib.util
 import json
 import logging
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -103,15 +102,6 @@ def test_config_validation_names_the_key() -> None:
 
 
 # --------------------------------------------------------------------------------------------- gradients
-@pytest.fixture(scope="module")
-def cache_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    # The folder the autouse _isolated_cache fixture points EQUAL_CACHE_DIR at, set here for module fixtures too.
-    root = tmp_path_factory.getbasetemp() / "equal-cache"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("EQUAL_CACHE_DIR", str(root))
-        yield root
-
-
 @pytest.fixture(scope="module")
 def tiny() -> InfluenceRewardConfig:
     return InfluenceRewardConfig(**TINY)  # type: ignore[arg-type]

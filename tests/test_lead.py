@@ -15,7 +15,6 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -130,20 +129,8 @@ CLI_ARGS = ["--select", "lead", "--budget", "4", "--clusters", "2", "--samples-p
             "--max-length", "64", "--lr", "0.003", "--seed", "7", "--threads", "1"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py says why
 
-
-@pytest.fixture(scope="module")
-def cache_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    root = tmp_path_factory.getbasetemp() / "equal-cache"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("EQUAL_CACHE_DIR", str(root))
-        yield root
 
 
 @pytest.fixture(scope="module")

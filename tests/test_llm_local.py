@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,14 +25,7 @@ PROMPTS = [
 GREEDY = GenerationParams(max_tokens=16)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    # A 135M model decodes in tiny ops; on a busy 2-core machine two OpenMP threads wait on each other
-    # and batched generation runs several times slower than with one, so the module uses one.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py says why
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,21 +61,8 @@ def write_jsonl(path: Path, rows: list[Any]) -> Path:
     return path
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    before = torch.get_num_threads()  # the forward passes of the checks below, same reason as CFG.threads
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py says why
 
-
-@pytest.fixture(scope="module")
-def cache_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    # The folder the autouse _isolated_cache fixture points EQUAL_CACHE_DIR at, set here for module fixtures too.
-    root = tmp_path_factory.getbasetemp() / "equal-cache"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("EQUAL_CACHE_DIR", str(root))
-        yield root
 
 
 @pytest.fixture(scope="module")

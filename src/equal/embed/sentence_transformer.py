@@ -283,43 +283,32 @@ class SentenceTransformerEmbedder(Embedder):
         import torch
 
         out = np.empty((len(texts), self._dim), dtype=np.float32)
-        if self._fast is not None:
-            return self._encode_static(texts, batch_size, progress, out)
+        embed = self._static_batch if self._fast is not None else self._model_batch
         # sentence-transformers sorts inside one encode() call as well; sorting here lets us drive the
         # progress bar per batch and keeps batches homogeneous across the whole input.
         with torch.inference_mode():
             for idx in length_sorted_batches([len(t) for t in texts], batch_size):
-                vecs = self.model.encode(
-                    [texts[i] for i in idx],
-                    batch_size=len(idx),
-                    convert_to_numpy=True,
-                    normalize_embeddings=self.normalize,
-                    show_progress_bar=False,
-                )
-                out[idx] = np.asarray(vecs, dtype=np.float32)
+                out[idx] = embed([texts[i] for i in idx])
                 self.n_batches += 1
                 self.n_encoded += len(idx)
                 progress(len(idx))
         return out
 
-    def _encode_static(self, texts: list[str], batch_size: int, progress: ProgressFn, out: np.ndarray) -> np.ndarray:
-        """``model.encode`` of a static model, batch for batch, with the ids from :class:`_StaticTokens`.
+    def _model_batch(self, batch: list[str]) -> np.ndarray:
+        vecs = self.model.encode(batch, batch_size=len(batch), convert_to_numpy=True,
+                                 normalize_embeddings=self.normalize, show_progress_bar=False)
+        return np.asarray(vecs, dtype=np.float32)
 
-        The same batches, ids, offsets, forward pass and normalisation as ``model.encode``, so the same bits.
+    def _static_batch(self, batch: list[str]) -> np.ndarray:
+        """``model.encode`` of a static model on one batch, with the ids from :class:`_StaticTokens`.
+
+        The same ids, offsets, forward pass and normalisation as ``model.encode``, so the same bits.
         """
         import torch
 
         assert self._fast is not None
-        tokenizer = self.model[0].tokenizer
-        device = self.model.device
-        with torch.inference_mode():
-            for idx in length_sorted_batches([len(t) for t in texts], batch_size):
-                features = self._fast.features([texts[i] for i in idx], tokenizer)
-                emb = self.model({k: v.to(device) for k, v in features.items()})["sentence_embedding"]
-                if self.normalize:
-                    emb = torch.nn.functional.normalize(emb, p=2, dim=1)
-                out[idx] = emb.cpu().numpy()
-                self.n_batches += 1
-                self.n_encoded += len(idx)
-                progress(len(idx))
-        return out
+        features = self._fast.features(batch, self.model[0].tokenizer)
+        emb = self.model({k: v.to(self.model.device) for k, v in features.items()})["sentence_embedding"]
+        if self.normalize:
+            emb = torch.nn.functional.normalize(emb, p=2, dim=1)
+        return emb.cpu().numpy()
